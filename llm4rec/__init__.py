@@ -1,0 +1,1 @@
+"""The `llm4rec` command line: the entry point that composes every other package."""

@@ -1,0 +1,3 @@
+from llm4rec.cli import app
+
+app()

@@ -1,0 +1,46 @@
+"""A small pre-norm causal transformer over left-padded sequences (GPT-2 block layout, as in nanoGPT).
+
+Written on `scaled_dot_product_attention` rather than `nn.TransformerEncoderLayer`: on 2 CPU cores the
+latter's training path was ~30x slower for (128, 200, 64) batches (measured, torch 2.13).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CausalBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, D); mask: (B, 1, L, L) bool, True where attention is allowed."""
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, D/H)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, L, D)))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+
+class CausalTransformer(nn.Module):
+    def __init__(self, dim: int, layers: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, D) inputs; valid: (B, L) bool, False on padding -> (B, L, D)."""
+        L = x.shape[1]
+        eye = torch.eye(L, dtype=torch.bool, device=x.device)
+        # causal, no padded keys; every position may see itself so all-padding rows stay finite
+        mask = torch.ones(L, L, dtype=torch.bool, device=x.device).tril() & (valid[:, None, None, :] | eye)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)

@@ -1,0 +1,55 @@
+"""Train-and-evaluate runs over a dataset: the job behind `llm4rec eval`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+from models.data import RecDataset
+from models.scoring import Trainable, TrainData
+from models.splits import Split, implicit, leave_one_out, temporal
+from training.evaluate import EvalContext, evaluate
+from training.fit import fit, seed_everything
+from training.zoo import BASELINES
+
+SPLITS = ("leave-one-out", "temporal")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    split: str = "leave-one-out"
+    protocol: str = "full"
+    min_rating: float | None = None
+    seed: int = 0
+    max_epochs: int | None = None  # caps every model's own schedule (quick runs, tests)
+    time_budget_s: float | None = None
+    progress: bool = True
+
+
+def make_split(data: RecDataset, config: RunConfig) -> Split:
+    if config.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {config.split!r}")
+    data = implicit(data, config.min_rating)
+    return leave_one_out(data) if config.split == "leave-one-out" else temporal(data)
+
+
+def run_baseline(name: str, data: RecDataset, split: Split, config: RunConfig) -> dict[str, float]:
+    """Fit one baseline (early stopping on validation) and evaluate it on the test targets."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(BASELINES)}")
+    entry = BASELINES[name]
+    train = TrainData(split.train, split.num_users, split.num_items)
+    ctx = EvalContext.build(data, train)
+    seed_everything(config.seed)
+    start = time.perf_counter()
+    model = entry.build(train)
+    extra: dict[str, float] = {}
+    if entry.fit is not None and isinstance(model, Trainable):
+        fc = replace(entry.fit, seed=config.seed, time_budget_s=config.time_budget_s)
+        if config.max_epochs is not None:
+            fc = replace(fc, max_epochs=min(fc.max_epochs, config.max_epochs))
+        result = fit(model, train, split.valid, ctx, fc, progress=config.progress)
+        extra = {"epochs": float(result.epochs), "best_epoch": float(result.best_epoch)}
+    extra["train_seconds"] = time.perf_counter() - start
+    metrics = evaluate(model, split.test, ctx, protocol=config.protocol, seed=config.seed, progress=config.progress)
+    return {**metrics, **extra}
