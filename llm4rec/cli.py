@@ -14,7 +14,9 @@ from training.experiment import SPLITS, RunConfig, make_split, run_baseline
 from training.report import markdown_table, write_report
 from training.zoo import BASELINES
 
-app = typer.Typer(help="LLM4Rec: recommendation with multimodal fusion, causal debiasing and RAG.", no_args_is_help=True)
+app = typer.Typer(
+    help="LLM4Rec: recommendation with multimodal fusion, causal debiasing and RAG.", no_args_is_help=True
+)
 data_app = typer.Typer(help="Dataset conversion and inspection.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 log = logging.getLogger("llm4rec")
@@ -31,7 +33,9 @@ def _fail(message: str) -> typer.Exit:
 def data_convert(
     src: Annotated[Path, typer.Argument(help="Folder holding the original files.")],
     dst: Annotated[Path, typer.Argument(help="Folder to write the generic format to.")],
-    fmt: Annotated[str | None, typer.Option("--format", help=f"One of {sorted(CONVERTERS)}; detected if omitted.")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help=f"One of {sorted(CONVERTERS)}; detected if omitted.")
+    ] = None,
 ) -> None:
     """Convert a MovieLens distribution to the generic format (interactions.csv, items.csv, ...)."""
     try:
@@ -42,16 +46,24 @@ def data_convert(
 
 
 @data_app.command("info")
-def data_info(dataset: Annotated[str, typer.Argument(help="Bundled name or dataset folder.")] = "ml-latest-small") -> None:
+def data_info(
+    dataset: Annotated[str, typer.Argument(help="Bundled name or dataset folder.")] = "ml-latest-small",
+) -> None:
     """Validate a dataset and print its size and features."""
     try:
         d = load_dataset(dataset)
     except DatasetError as e:
         raise _fail(str(e)) from e
     density = len(d.interactions) / (d.num_users * d.num_items)
-    typer.echo(f"{d.name}: {d.num_users} users, {d.num_items} items, {len(d.interactions)} interactions, density {density:.4%}")
-    typer.echo(f"text: {list(d.item_text)}  categorical: {list(d.item_categorical)}  numerical: {list(d.item_numerical)}")
-    typer.echo(f"user attributes: {list(d.user_attributes)}  sensitive: {list(d.sensitive)}  fingerprint: {d.fingerprint()}")
+    typer.echo(
+        f"{d.name}: {d.num_users} users, {d.num_items} items, {len(d.interactions)} interactions, density {density:.4%}"
+    )
+    typer.echo(
+        f"text: {list(d.item_text)}  categorical: {list(d.item_categorical)}  numerical: {list(d.item_numerical)}"
+    )
+    typer.echo(
+        f"user attributes: {list(d.user_attributes)}  sensitive: {list(d.sensitive)}  fingerprint: {d.fingerprint()}"
+    )
 
 
 @app.command("eval")

@@ -26,9 +26,7 @@ class Interactions:
 
     def take(self, mask_or_index: np.ndarray) -> Interactions:
         rating = None if self.rating is None else self.rating[mask_or_index]
-        return Interactions(
-            self.user[mask_or_index], self.item[mask_or_index], self.timestamp[mask_or_index], rating
-        )
+        return Interactions(self.user[mask_or_index], self.item[mask_or_index], self.timestamp[mask_or_index], rating)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ run one epoch over the training log. Loops in `training/` only see these two Pro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -46,7 +47,7 @@ class TrainData:
     def sequences(self) -> dict[int, np.ndarray]:
         """User -> time-ordered training items."""
         b = user_boundaries(self.log)
-        return {int(self.log.user[s]): self.log.item[s:e] for s, e in zip(b[:-1], b[1:], strict=True) if e > s}
+        return {int(self.log.user[s]): self.log.item[s:e] for s, e in pairwise(b) if e > s}
 
     def popularity(self) -> np.ndarray:
         """(N,) float64 interaction counts per item."""

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 import numpy as np
 
@@ -83,7 +84,7 @@ def leave_one_out(data: RecDataset) -> Split:
     v_tgt: list[np.ndarray] = []
     t_hist: list[np.ndarray] = []
     t_tgt: list[np.ndarray] = []
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, end in pairwise(bounds):
         if end - start < 3:
             continue
         items = inter.item[start:end]
@@ -104,7 +105,9 @@ def temporal(data: RecDataset, valid_frac: float = 0.1, test_frac: float = 0.1) 
     inter = data.interactions
     t_valid, t_test = np.quantile(inter.timestamp, [1 - valid_frac - test_frac, 1 - test_frac])
     train = inter.take(inter.timestamp < t_valid)
-    valid = _period_eval_set(inter, inter.timestamp < t_valid, (inter.timestamp >= t_valid) & (inter.timestamp < t_test))
+    valid = _period_eval_set(
+        inter, inter.timestamp < t_valid, (inter.timestamp >= t_valid) & (inter.timestamp < t_test)
+    )
     test = _period_eval_set(inter, inter.timestamp < t_test, inter.timestamp >= t_test)
     return Split(train, valid, test, data.num_users, data.num_items, "temporal")
 
@@ -114,7 +117,7 @@ def _period_eval_set(inter: Interactions, before: np.ndarray, period: np.ndarray
     users: list[int] = []
     hists: list[np.ndarray] = []
     tgts: list[np.ndarray] = []
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, end in pairwise(bounds):
         sl = slice(start, end)
         hist = inter.item[sl][before[sl]]
         new = np.setdiff1d(inter.item[sl][period[sl]], hist)  # re-consumption is not a prediction

@@ -32,9 +32,7 @@ def read_tables(name_or_path: str | Path, fmt: str | None = None) -> Tables:
         return Tables.read(path)
     fmt = fmt or detect_format(path)
     if fmt is None or fmt not in CONVERTERS:
-        raise DatasetError(
-            str(path), f"unknown format {fmt!r}: expected {SPEC} or one of {sorted(CONVERTERS)}"
-        )
+        raise DatasetError(str(path), f"unknown format {fmt!r}: expected {SPEC} or one of {sorted(CONVERTERS)}")
     return CONVERTERS[fmt](path)
 
 

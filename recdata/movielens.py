@@ -24,10 +24,27 @@ from pathlib import Path
 from recdata.tables import DatasetError, DatasetSpec, Rows, Tables
 
 _YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
-_ML100K_GENRES = (
-    "unknown Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy Film-Noir "
-    "Horror Musical Mystery Romance Sci-Fi Thriller War Western"
-).split()
+_ML100K_GENRES = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 # ml-1m's own age codes, reused to bucket ml-100k's exact ages into the same groups
 _AGE_GROUPS = ((18, "under 18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55"))
 

@@ -52,7 +52,7 @@ class DatasetSpec:
         cats = "\n".join(f'{k} = "{v}"' for k, v in self.categorical.items())
         return (
             f'name = "{self.name}"\n\n[items]\ntext = {arr(self.text)}\nnumerical = {arr(self.numerical)}\n\n'
-            f"[items.categorical]  # column = multi-value separator (\"\" for single-valued)\n{cats}\n\n"
+            f'[items.categorical]  # column = multi-value separator ("" for single-valued)\n{cats}\n\n'
             f"[users]\ncategorical = {arr(self.user_categorical)}\nsensitive = {arr(self.sensitive)}\n"
         )
 
@@ -132,7 +132,9 @@ def _parse_timestamp(value: str, row: int) -> int:
     try:
         return int(datetime.fromisoformat(value).timestamp())
     except ValueError as e:
-        raise DatasetError(INTERACTIONS, f"bad timestamp {value!r} (epoch seconds or ISO 8601)", row, "timestamp") from e
+        raise DatasetError(
+            INTERACTIONS, f"bad timestamp {value!r} (epoch seconds or ISO 8601)", row, "timestamp"
+        ) from e
 
 
 def _index_ids(file: str, rows: Rows, col: int, id_name: str) -> dict[str, int]:
@@ -160,9 +162,7 @@ def build_dataset(t: Tables) -> RecDataset:
     attrs = _user_attributes(t.users, spec, user_index) if t.users is not None else {}
     if spec.sensitive and t.users is None:
         raise DatasetError(SPEC, f"names sensitive columns {list(spec.sensitive)} but there is no {USERS}")
-    return RecDataset(
-        spec.name, tuple(user_index), tuple(item_index), inter, text, cats, nums, attrs, spec.sensitive
-    )
+    return RecDataset(spec.name, tuple(user_index), tuple(item_index), inter, text, cats, nums, attrs, spec.sensitive)
 
 
 def _interactions(rows: Rows, item_index: dict[str, int]) -> tuple[Interactions, dict[str, int]]:

@@ -1,0 +1,1 @@
+"""Fitting and evaluation loops, reports: the orchestration between datasets and models."""

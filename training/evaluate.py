@@ -107,20 +107,17 @@ def _collect_ranks(ranks: np.ndarray, row_of: np.ndarray, n_rows: int, got: _Col
 
 
 def sample_negatives(es: EvalSet, popularity: np.ndarray, protocol: str, seed: int) -> np.ndarray:
-    """(M, 99) items each user never interacted with, uniform or popularity-proportional."""
+    """(M, k) distinct items each user never interacted with, drawn uniformly or in proportion to
+    training popularity; k = 99, or fewer when a tiny catalogue leaves some user fewer candidates."""
     rng = np.random.default_rng(seed)
-    n = popularity.shape[0]
-    p = None if protocol == "sampled-uniform" else popularity / popularity.sum()
-    out = np.empty((len(es), NUM_NEGATIVES), dtype=np.int64)
-    for r in range(len(es)):
-        seen = np.union1d(es.history_of(r), es.targets_of(r))
-        picked: np.ndarray = np.zeros(0, dtype=np.int64)
-        while len(picked) < NUM_NEGATIVES:
-            draw = rng.choice(n, size=4 * NUM_NEGATIVES, p=p)
-            fresh = draw[~np.isin(draw, seen) & ~np.isin(draw, picked)]
-            _, first = np.unique(fresh, return_index=True)
-            picked = np.concatenate([picked, fresh[np.sort(first)]])
-        out[r] = picked[:NUM_NEGATIVES]
+    weights = np.ones_like(popularity) if protocol == "sampled-uniform" else popularity.astype(np.float64)
+    drawable = np.flatnonzero(weights > 0)
+    allowed = [np.setdiff1d(drawable, np.union1d(es.history_of(r), es.targets_of(r))) for r in range(len(es))]
+    k = min([NUM_NEGATIVES, *(len(a) for a in allowed)])
+    out = np.empty((len(es), k), dtype=np.int64)
+    for r, items in enumerate(allowed):
+        p = weights[items] / weights[items].sum()
+        out[r] = rng.choice(items, size=k, replace=False, p=p)
     return out
 
 

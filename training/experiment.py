@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, replace
 
 from models.data import RecDataset
-from models.scoring import Trainable, TrainData
+from models.scoring import Scorer, Trainable, TrainData
 from models.splits import Split, implicit, leave_one_out, temporal
 from training.evaluate import EvalContext, evaluate
 from training.fit import fit, seed_everything
@@ -33,8 +33,15 @@ def make_split(data: RecDataset, config: RunConfig) -> Split:
     return leave_one_out(data) if config.split == "leave-one-out" else temporal(data)
 
 
-def run_baseline(name: str, data: RecDataset, split: Split, config: RunConfig) -> dict[str, float]:
-    """Fit one baseline (early stopping on validation) and evaluate it on the test targets."""
+@dataclass(frozen=True)
+class Trained:
+    model: Scorer
+    ctx: EvalContext
+    info: dict[str, float]  # epochs, best_epoch, train_seconds
+
+
+def train_baseline(name: str, data: RecDataset, split: Split, config: RunConfig) -> Trained:
+    """Fit one baseline, early-stopped on validation NDCG@10 (untrainable ones are just built)."""
     if name not in BASELINES:
         raise ValueError(f"unknown model {name!r}; known: {sorted(BASELINES)}")
     entry = BASELINES[name]
@@ -43,13 +50,23 @@ def run_baseline(name: str, data: RecDataset, split: Split, config: RunConfig) -
     seed_everything(config.seed)
     start = time.perf_counter()
     model = entry.build(train)
-    extra: dict[str, float] = {}
+    info: dict[str, float] = {}
     if entry.fit is not None and isinstance(model, Trainable):
         fc = replace(entry.fit, seed=config.seed, time_budget_s=config.time_budget_s)
         if config.max_epochs is not None:
             fc = replace(fc, max_epochs=min(fc.max_epochs, config.max_epochs))
         result = fit(model, train, split.valid, ctx, fc, progress=config.progress)
-        extra = {"epochs": float(result.epochs), "best_epoch": float(result.best_epoch)}
-    extra["train_seconds"] = time.perf_counter() - start
-    metrics = evaluate(model, split.test, ctx, protocol=config.protocol, seed=config.seed, progress=config.progress)
-    return {**metrics, **extra}
+        info = {"epochs": float(result.epochs), "best_epoch": float(result.best_epoch)}
+    info["train_seconds"] = time.perf_counter() - start
+    return Trained(model, ctx, info)
+
+
+def test_metrics(trained: Trained, split: Split, config: RunConfig) -> dict[str, float]:
+    m = evaluate(
+        trained.model, split.test, trained.ctx, protocol=config.protocol, seed=config.seed, progress=config.progress
+    )
+    return {**m, **trained.info}
+
+
+def run_baseline(name: str, data: RecDataset, split: Split, config: RunConfig) -> dict[str, float]:
+    return test_metrics(train_baseline(name, data, split, config), split, config)

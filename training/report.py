@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: the chart goes to a file
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 TABLE_COLUMNS = ("HR@10", "NDCG@10", "MRR", "Coverage@100", "LongTail@10", "ARP@10", "Novelty@10", "ILD@10")
 

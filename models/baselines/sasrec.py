@@ -39,7 +39,9 @@ def training_windows(sequences: dict[int, np.ndarray], max_len: int) -> list[np.
     return windows
 
 
-def window_batches(windows: list[np.ndarray], batch_size: int, max_len: int, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def window_batches(
+    windows: list[np.ndarray], batch_size: int, max_len: int, rng: np.random.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(inputs, targets), both (B, L) left-padded with PAD.
 
     Windows of similar length share a batch (shuffled within and across batches), which cuts the
