@@ -7,10 +7,11 @@ a deterministic ring of items is what only a sequential model exploits.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from models.baselines import BPRMF, BPRConfig, ItemKNN, LightGCN, LightGCNConfig, MostPop, SASRec, SASRecConfig
 from models.data import RecDataset
-from models.scoring import Scorer, Trainable, TrainData
+from models.scoring import HistoryBatch, Scorer, Trainable, TrainData
 from models.splits import Split, leave_one_out
 from training.evaluate import EvalContext, evaluate
 from training.fit import FitConfig, fit
@@ -48,7 +49,7 @@ def test_collaborative_models_find_the_communities(clustered: RecDataset, name: 
 
 
 def test_sasrec_learns_the_next_item(cyclic: RecDataset) -> None:
-    split, train, _ = _prepare(cyclic)
+    _, train, _ = _prepare(cyclic)
     model = SASRec(train.num_items, SASRecConfig(dim=32, max_len=20, lr=0.01, dropout=0.0, batch_size=32))
     hr1 = _test_hr(model, cyclic, 1, epochs=40)
     assert hr1 >= 0.9  # the ring makes the next item certain
@@ -57,8 +58,5 @@ def test_sasrec_learns_the_next_item(cyclic: RecDataset) -> None:
 
 def test_mostpop_ranks_by_training_count(clustered: RecDataset) -> None:
     _, train, _ = _prepare(clustered)
-    from models.scoring import HistoryBatch
-    import torch
-
     scores = MostPop(train).score(HistoryBatch(torch.tensor([0]), torch.tensor([[1]])))
     assert scores[0].argmax().item() == int(train.popularity().argmax())
