@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from models.data import RecDataset
+from models.scoring import TrainData
 from recdata import CONVERTERS, DatasetError, convert, load_dataset
-from training.evaluate import PROTOCOLS
-from training.experiment import SPLITS, RunConfig, make_split, run_baseline
+from training.ablation import VARIANTS
+from training.evaluate import PROTOCOLS, EvalContext, evaluate
+from training.experiment import SPLITS, RunConfig, llm4rec_fit_config, llm4rec_metrics, make_split, run_baseline
+from training.llm4rec_train import (
+    CheckpointMismatchError,
+    Switches,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+    train_llm4rec,
+)
 from training.report import markdown_table, write_report
 from training.zoo import BASELINES
 
@@ -19,7 +30,6 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Dataset conversion and inspection.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-log = logging.getLogger("llm4rec")
 
 DatasetOpt = Annotated[str, typer.Option(help="Bundled name (ml-latest-small) or a dataset folder.")]
 
@@ -66,32 +76,144 @@ def data_info(
     )
 
 
+MODELS = (*BASELINES, "llm4rec")
+CacheOpt = Annotated[Path, typer.Option(help="Where item text embeddings are cached.")]
+DEFAULT_CACHE = Path(".cache/text-embeddings")
+
+
+def _load(dataset: str) -> RecDataset:
+    try:
+        return load_dataset(dataset)
+    except DatasetError as e:
+        raise _fail(str(e)) from e
+
+
+def _run_config(split: str, protocol: str, min_rating: float | None, seed: int, max_epochs: int | None,
+                time_budget: float | None) -> RunConfig:  # fmt: skip
+    if protocol not in PROTOCOLS or split not in SPLITS:
+        raise _fail(f"protocol must be one of {PROTOCOLS} and split one of {SPLITS}")
+    return RunConfig(split, protocol, min_rating, seed, max_epochs, time_budget)
+
+
 @app.command("eval")
 def eval_cmd(
     dataset: DatasetOpt = "ml-latest-small",
-    models: Annotated[str, typer.Option(help=f"Comma-separated, from {sorted(BASELINES)}.")] = ",".join(BASELINES),
+    models: Annotated[str, typer.Option(help=f"Comma-separated, from {list(MODELS)}.")] = ",".join(MODELS),
+    model: Annotated[Path | None, typer.Option(help="Evaluate this checkpoint (from `llm4rec train`) instead.")] = None,
     protocol: Annotated[str, typer.Option(help=f"One of {PROTOCOLS}.")] = "full",
     split: Annotated[str, typer.Option(help=f"One of {SPLITS}.")] = "leave-one-out",
     min_rating: Annotated[float | None, typer.Option(help="Keep only ratings >= this as positives.")] = None,
     seed: int = 0,
     max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs (quick runs).")] = None,
     time_budget: Annotated[float | None, typer.Option(help="Seconds per model before training stops.")] = None,
+    cache_dir: CacheOpt = DEFAULT_CACHE,
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md, results.png.")] = Path("results"),
 ) -> None:
-    """Train the chosen baselines, evaluate them on the test split, and write a report."""
+    """Train the chosen models (or load a checkpoint), evaluate on the test split, write a report."""
+    if model is not None:
+        _eval_checkpoint(model, protocol, cache_dir, out)
+        return
     names = [m.strip() for m in models.split(",") if m.strip()]
-    unknown = [m for m in names if m not in BASELINES]
-    if unknown or protocol not in PROTOCOLS or split not in SPLITS:
-        raise _fail(f"unknown models {unknown}" if unknown else f"protocol in {PROTOCOLS}, split in {SPLITS}")
-    try:
-        data = load_dataset(dataset)
-    except DatasetError as e:
-        raise _fail(str(e)) from e
-    config = RunConfig(split, protocol, min_rating, seed, max_epochs, time_budget)
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise _fail(f"unknown models {unknown}; known: {list(MODELS)}")
+    config = _run_config(split, protocol, min_rating, seed, max_epochs, time_budget)
+    data = _load(dataset)
     sp = make_split(data, config)
-    results = {name: run_baseline(name, data, sp, config) for name in names}
-    meta = {"dataset": data.name, "split": split, "protocol": protocol, "seed": seed, "min_rating": min_rating,
-            "fingerprint": data.fingerprint(), "users_evaluated": len(sp.test)}  # fmt: skip
+    results = {}
+    for name in names:
+        if name == "llm4rec":
+            trained = train_llm4rec(data, sp, Switches(), llm4rec_fit_config(config), cache_dir)
+            results[name] = llm4rec_metrics(trained, sp, config)
+        else:
+            results[name] = run_baseline(name, data, sp, config)
+    _report(out, results, data, config, len(sp.test))
+
+
+def _report(out: Path, results: dict[str, dict[str, float]], data: RecDataset, config: RunConfig, users: int) -> None:
+    meta = {"dataset": data.name, "split": config.split, "protocol": config.protocol, "seed": config.seed,
+            "min_rating": config.min_rating, "fingerprint": data.fingerprint(), "users_evaluated": users}  # fmt: skip
     write_report(out, results, meta)
     typer.echo(markdown_table(results))
     typer.echo(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")
+
+
+def _eval_checkpoint(path: Path, protocol: str, cache_dir: Path, out: Path) -> None:
+    try:
+        meta = read_checkpoint_meta(path)
+        run = meta["run"]
+        config = _run_config(run["split"], protocol, run["min_rating"], run["seed"], None, None)
+        data = _load(meta["dataset_ref"])
+        sp = make_split(data, config)
+        train = TrainData(sp.train, sp.num_users, sp.num_items)
+        model = load_checkpoint(path, data, train, cache_dir)
+    except CheckpointMismatchError as e:
+        raise _fail(str(e)) from e
+    metrics = evaluate(model, sp.test, EvalContext.build(data, train), protocol=protocol, seed=config.seed)
+    _report(out, {"llm4rec": metrics}, data, config, len(sp.test))
+
+
+def _switches(no: list[str], lambda_fair: float) -> Switches:
+    fields = {f.replace("_", "-"): f for f in Switches.__dataclass_fields__ if f != "lambda_fair"}
+    bad = [n for n in no if n not in fields]
+    if bad:
+        raise _fail(f"unknown component(s) {bad}; can switch off: {sorted(fields)}")
+    return Switches(**{fields[n]: False for n in no}, lambda_fair=lambda_fair)
+
+
+NoOpt = Annotated[
+    list[str] | None,
+    typer.Option("--no", help="Switch a component off (repeatable): fusion, text, categorical, numerical, ids, "
+                 "cross-attention, adaptive-weights, ipw, pop-deconfound, fair."),
+]  # fmt: skip
+
+
+@app.command("train")
+def train_cmd(
+    out: Annotated[Path, typer.Option(help="Checkpoint folder to write.")],
+    dataset: DatasetOpt = "ml-latest-small",
+    no: NoOpt = None,
+    lambda_fair: Annotated[float, typer.Option(help="Weight of the fairness adversary.")] = 0.1,
+    split: Annotated[str, typer.Option(help=f"One of {SPLITS}.")] = "leave-one-out",
+    min_rating: Annotated[float | None, typer.Option(help="Keep only ratings >= this as positives.")] = None,
+    seed: int = 0,
+    max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.")] = None,
+    time_budget: Annotated[float | None, typer.Option(help="Seconds before training stops.")] = None,
+    cache_dir: CacheOpt = DEFAULT_CACHE,
+) -> None:
+    """Train the LLM4Rec model (early stopping on validation NDCG@10) and save a checkpoint."""
+    sw = _switches(no or [], lambda_fair)
+    config = _run_config(split, "full", min_rating, seed, max_epochs, time_budget)
+    data = _load(dataset)
+    sp = make_split(data, config)
+    trained = train_llm4rec(data, sp, sw, llm4rec_fit_config(config), cache_dir)
+    run = {"split": split, "min_rating": min_rating, "seed": seed}
+    extra = {"dataset_ref": dataset, "run": run, "fit": asdict(trained.fit), "train_seconds": trained.seconds}
+    save_checkpoint(out, trained.model, data, sw, extra)
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in trained.model.modality_weights().items())
+    typer.echo(f"best validation NDCG@10 {trained.fit.best_valid_ndcg:.4f} at epoch {trained.fit.best_epoch}, "
+               f"{trained.seconds:.0f}s; modality weights: {weights}; wrote {out}")  # fmt: skip
+
+
+@app.command("ablate")
+def ablate_cmd(
+    dataset: DatasetOpt = "ml-latest-small",
+    variants: Annotated[str, typer.Option(help="Comma-separated variant names, or 'all'.")] = "all",
+    seed: int = 0,
+    max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.")] = None,
+    cache_dir: CacheOpt = DEFAULT_CACHE,
+    out: Annotated[Path, typer.Option(help="Folder for the ablation table and chart.")] = Path("results/ablation"),
+) -> None:
+    """Train the full model and each variant with one component off; print and save the table."""
+    chosen = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",")]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        raise _fail(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    config = _run_config("leave-one-out", "full", None, seed, max_epochs, None)
+    data = _load(dataset)
+    sp = make_split(data, config)
+    results = {}
+    for name in chosen:
+        trained = train_llm4rec(data, sp, VARIANTS[name], llm4rec_fit_config(config), cache_dir)
+        results[name] = llm4rec_metrics(trained, sp, config)
+    _report(out, results, data, config, len(sp.test))

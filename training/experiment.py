@@ -9,7 +9,8 @@ from models.data import RecDataset
 from models.scoring import Scorer, Trainable, TrainData
 from models.splits import Split, implicit, leave_one_out, temporal
 from training.evaluate import EvalContext, evaluate
-from training.fit import fit, seed_everything
+from training.fit import FitConfig, fit, seed_everything
+from training.llm4rec_train import TrainedLLM4Rec
 from training.zoo import BASELINES
 
 SPLITS = ("leave-one-out", "temporal")
@@ -70,3 +71,18 @@ def test_metrics(trained: Trained, split: Split, config: RunConfig) -> dict[str,
 
 def run_baseline(name: str, data: RecDataset, split: Split, config: RunConfig) -> dict[str, float]:
     return test_metrics(train_baseline(name, data, split, config), split, config)
+
+
+def llm4rec_metrics(trained: TrainedLLM4Rec, split: Split, config: RunConfig) -> dict[str, float]:
+    """Test metrics of a trained LLM4Rec plus what training cost and learned."""
+    m = evaluate(trained.model, split.test, trained.ctx, protocol=config.protocol, seed=config.seed,
+                 progress=config.progress)  # fmt: skip
+    info = {"epochs": float(trained.fit.epochs), "best_epoch": float(trained.fit.best_epoch),
+            "train_seconds": trained.seconds, "gamma": float(trained.model.gamma.detach()),
+            "serve_gamma": float(trained.model.serve_gamma or 0.0)}  # fmt: skip
+    return {**m, **info}
+
+
+def llm4rec_fit_config(config: RunConfig) -> FitConfig:
+    fc = FitConfig(max_epochs=200, eval_every=2, patience=5, seed=config.seed, time_budget_s=config.time_budget_s)
+    return replace(fc, max_epochs=min(fc.max_epochs, config.max_epochs or fc.max_epochs))

@@ -7,7 +7,6 @@ Causal self-attention over the item sequence; the output at each position is sco
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from models.scoring import PAD, HistoryBatch, TrainData
+from models.sequences import training_windows, window_batches
 from models.transformer import CausalTransformer
 
 
@@ -27,39 +27,6 @@ class SASRecConfig:
     max_len: int = 200
     lr: float = 1e-3
     batch_size: int = 128
-
-
-def training_windows(sequences: dict[int, np.ndarray], max_len: int) -> list[np.ndarray]:
-    """Each user's sequence cut from the end into windows of max_len + 1 (input plus shifted target),
-    so long histories contribute all their transitions, not only the newest max_len."""
-    windows = []
-    for seq in sequences.values():
-        for end in range(len(seq), 1, -max_len):
-            windows.append(seq[max(0, end - max_len - 1) : end])
-    return windows
-
-
-def window_batches(
-    windows: list[np.ndarray], batch_size: int, max_len: int, rng: np.random.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(inputs, targets), both (B, L) left-padded with PAD.
-
-    Windows of similar length share a batch (shuffled within and across batches), which cuts the
-    padding, and so the epoch time, several-fold on MovieLens' skewed history lengths.
-    """
-    lengths = np.array([len(w) for w in windows])
-    by_length = np.lexsort((rng.random(len(windows)), lengths))
-    batches = [by_length[s : s + batch_size] for s in range(0, len(by_length), batch_size)]
-    for b in rng.permutation(len(batches)):
-        chunk = [windows[i] for i in batches[b]]
-        length = min(max_len, max(len(w) for w in chunk) - 1)
-        inp = np.full((len(chunk), length), PAD, dtype=np.int64)
-        tgt = np.full((len(chunk), length), PAD, dtype=np.int64)
-        for r, w in enumerate(chunk):
-            n = len(w) - 1
-            inp[r, length - n :] = w[:-1]
-            tgt[r, length - n :] = w[1:]
-        yield torch.from_numpy(inp), torch.from_numpy(tgt)
 
 
 class SASRec(nn.Module):
@@ -94,7 +61,7 @@ class SASRec(nn.Module):
         self.train()
         windows = training_windows(data.sequences(), self.config.max_len)
         losses = []
-        for inp, tgt in window_batches(windows, self.config.batch_size, self.config.max_len, rng):
+        for _, inp, tgt in window_batches(windows, self.config.batch_size, rng):
             h = self.encode(inp)
             mask = tgt != PAD
             loss = nn.functional.cross_entropy(self.logits(h[mask]), tgt[mask])

@@ -1,0 +1,152 @@
+"""The LLM4Rec model's parts: fusion, debiasing terms, sampled softmax, and learning end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.debias import FairnessAdversary, ipw_weights, propensities, reverse_gradient
+from models.fusion import FusionConfig, ItemFusion, ItemInputs
+from models.llm4rec import LLM4Rec, LLM4RecConfig
+from models.scoring import HistoryBatch, TrainData
+from models.splits import leave_one_out
+from tests.conftest import make_dataset
+from training.evaluate import EvalContext, evaluate
+from training.fit import FitConfig, fit
+
+
+def _inputs(n: int, known: torch.Tensor | None = None) -> ItemInputs:
+    g = torch.Generator().manual_seed(0)
+    genres = torch.arange(n) % 3
+    return ItemInputs(
+        text=torch.randn(n, 8, generator=g),
+        categorical=((genres, torch.arange(n)),),
+        numerical=torch.randn(n, 2, generator=g),
+        id_known=torch.ones(n, dtype=torch.bool) if known is None else known,
+    )
+
+
+def _fusion_config(n: int, **kw: object) -> FusionConfig:
+    return FusionConfig(dim=16, text_dim=8, categorical_sizes=(3,), num_numerical=2, num_items=n, **kw)  # type: ignore[arg-type]
+
+
+def test_fusion_shapes_and_weights_sum_to_one() -> None:
+    torch.manual_seed(0)
+    fusion = ItemFusion(_fusion_config(10)).eval()
+    vectors, alpha = fusion(_inputs(10))
+    assert vectors.shape == (10, 16)
+    assert alpha.shape == (10, 4)
+    torch.testing.assert_close(alpha.sum(1), torch.ones(10))
+    assert fusion.config.modalities == ("text", "categorical", "numerical", "id")
+
+
+def test_unknown_items_get_content_only_vectors() -> None:
+    torch.manual_seed(0)
+    fusion = ItemFusion(_fusion_config(10)).eval()
+    known = torch.tensor([True] * 8 + [False] * 2)
+    vectors, alpha = fusion(_inputs(10, known))
+    assert (alpha[8:, 3] == 0).all()  # no weight on the missing id token
+    assert (alpha[:8, 3] > 0).all()
+    # a new item's vector does not depend on whatever sits in its (untrained) id row
+    with torch.no_grad():
+        fusion.encoders.id.weight[8:] += 100.0  # type: ignore[union-attr]
+    again, _ = fusion(_inputs(10, known))
+    torch.testing.assert_close(again[8:], vectors[8:])
+    assert torch.isfinite(again).all()
+
+
+def test_cross_attention_changes_tokens_only_through_other_modalities() -> None:
+    torch.manual_seed(0)
+    with_cross = ItemFusion(_fusion_config(6)).eval()
+    without = ItemFusion(_fusion_config(6, cross_attention=False)).eval()
+    assert with_cross.cross is not None and without.cross is None
+    v1, _ = with_cross(_inputs(6))
+    assert torch.isfinite(v1).all()
+
+
+def test_ipw_weights_clip_and_self_normalise() -> None:
+    p_item, p_user = propensities(torch.tensor([100.0, 10.0, 1.0]), torch.tensor([5.0, 5.0]), 0.5, 0.0)
+    torch.testing.assert_close(p_item, torch.tensor([1.0, 0.1**0.5, 0.01**0.5]))
+    torch.testing.assert_close(p_user, torch.ones(2))
+    w = ipw_weights(p_item, clip=5.0)  # raw 1, 3.16, 10 -> clipped 10 -> 5
+    assert w.mean().item() == pytest.approx(1.0)
+    raw = torch.tensor([1.0, 10**0.5, 5.0])
+    torch.testing.assert_close(w, raw * 3 / raw.sum())
+
+
+def test_gradient_reversal_flips_and_scales() -> None:
+    x = torch.ones(3, requires_grad=True)
+    reverse_gradient(x, 0.5).sum().backward()
+    torch.testing.assert_close(x.grad, torch.full((3,), -0.5))
+
+
+def test_adversary_ignores_unknown_groups() -> None:
+    adv = FairnessAdversary(4, 2)
+    users = torch.randn(3, 4, requires_grad=True)
+    loss = adv.loss(users, torch.tensor([-1, -1, -1]), 1.0)
+    assert loss.item() == 0.0
+    assert adv.loss(users, torch.tensor([0, 1, -1]), 1.0).item() > 0
+
+
+def _model(n: int, cfg: LLM4RecConfig, pop: torch.Tensor | None = None) -> LLM4Rec:
+    torch.manual_seed(0)
+    pop = torch.arange(1, n + 1).float() if pop is None else pop
+    return LLM4Rec(cfg, _inputs(n), pop, torch.ones(4))
+
+
+def test_sampled_softmax_tracks_the_full_softmax() -> None:
+    """With logQ correction and many samples, the sampled loss estimates the full one."""
+    n = 200
+    full = _model(n, LLM4RecConfig(fusion=_fusion_config(n), pop_deconfound=False))
+    h = torch.randn(32, 16) * 0.3
+    targets = torch.randint(0, n, (32,))
+    items, _ = full.fusion(full.items)
+    exact = full._cross_entropy(h, items, targets).mean()
+    sampled_cfg = LLM4RecConfig(
+        fusion=_fusion_config(n), pop_deconfound=False, full_softmax_max_items=10, num_negatives=20000
+    )
+    sampled = _model(n, sampled_cfg)
+    sampled.load_state_dict(full.state_dict())
+    approx = sampled._cross_entropy(h, items, targets).mean()
+    assert approx.item() == pytest.approx(exact.item(), rel=0.05)
+
+
+def test_serving_gamma_is_the_do_intervention() -> None:
+    n = 12
+    model = _model(n, LLM4RecConfig(fusion=_fusion_config(n)))
+    with torch.no_grad():
+        model.gamma.fill_(2.0)
+    batch = HistoryBatch(torch.tensor([0]), torch.tensor([[1, 2, 3]]))
+    model.serve_gamma = 0.0
+    deconfounded = model.score(batch)
+    model.serve_gamma = None  # the learned gamma
+    confounded = model.score(batch)
+    torch.testing.assert_close(confounded - deconfounded, (2.0 * model.log_pop).expand(1, -1))
+
+
+def test_llm4rec_learns_the_next_item(cyclic) -> None:  # type: ignore[no-untyped-def]
+    split = leave_one_out(cyclic)
+    train = TrainData(split.train, split.num_users, split.num_items)
+    ctx = EvalContext.build(cyclic, train)
+    n = cyclic.num_items
+    items = ItemInputs(None, ((torch.arange(n) % 3, torch.arange(n)),), None, torch.from_numpy(train.popularity() > 0))
+    fusion = FusionConfig(dim=32, categorical_sizes=(3,), num_items=n, id_dropout=0.0)
+    cfg = LLM4RecConfig(fusion=fusion, max_len=20, lr=0.01, dropout=0.0, batch_size=32)
+    torch.manual_seed(0)
+    model = LLM4Rec(cfg, items, torch.from_numpy(train.popularity()), torch.ones(cyclic.num_users))
+    fit(model, train, split.valid, ctx, FitConfig(max_epochs=40, eval_every=40, seed=0), progress=False)
+    assert evaluate(model, split.test, ctx, ks=(1,))["HR@1"] >= 0.9
+
+
+def test_windows_use_the_whole_history() -> None:
+    from models.sequences import training_windows, window_batches
+
+    windows = training_windows({7: np.arange(25)}, max_len=10)
+    assert [len(w) for _, w in windows] == [11, 11, 5]
+    assert sorted(np.concatenate([w[1:] for _, w in windows]).tolist()) == list(range(1, 25))
+    users, inp, tgt = next(window_batches(windows[:1], 4, np.random.default_rng(0)))
+    assert users.tolist() == [7]
+    assert (tgt[0, :-1] == inp[0, 1:]).all()
+    data = make_dataset([[0, 1, 2]], 3)
+    assert len(data.interactions) == 3
