@@ -120,7 +120,9 @@ class CrossModalAttention(nn.Module):
         M = h.shape[1]
         allowed = available.unsqueeze(1) & ~torch.eye(M, dtype=torch.bool)  # other, present modalities
         weights = torch.softmax(scores.masked_fill(~allowed, -torch.inf), dim=-1).nan_to_num(0.0)
-        return h + self.out(weights @ v) * available.unsqueeze(-1)
+        # only present modalities with someone to listen to are updated (no bias-only updates)
+        update = available & allowed.any(-1)
+        return h + self.out(weights @ v) * update.unsqueeze(-1)
 
 
 class AdaptiveFusion(nn.Module):

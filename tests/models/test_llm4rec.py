@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.debias import FairnessAdversary, ipw_weights, propensities, reverse_gradient
-from models.fusion import FusionConfig, ItemFusion, ItemInputs
+from models.fusion import CrossModalAttention, FusionConfig, ItemFusion, ItemInputs
 from models.llm4rec import LLM4Rec, LLM4RecConfig
 from models.scoring import HistoryBatch, TrainData
 from models.splits import leave_one_out
@@ -56,13 +56,23 @@ def test_unknown_items_get_content_only_vectors() -> None:
     assert torch.isfinite(again).all()
 
 
-def test_cross_attention_changes_tokens_only_through_other_modalities() -> None:
+def test_cross_attention_reads_only_other_present_modalities() -> None:
     torch.manual_seed(0)
-    with_cross = ItemFusion(_fusion_config(6)).eval()
-    without = ItemFusion(_fusion_config(6, cross_attention=False)).eval()
-    assert with_cross.cross is not None and without.cross is None
-    v1, _ = with_cross(_inputs(6))
-    assert torch.isfinite(v1).all()
+    cross = CrossModalAttention(3, 8)
+    h = torch.randn(5, 3, 8)
+    everything = torch.ones(5, 3, dtype=torch.bool)
+    out = cross(h, everything)
+    perturbed = h.clone()
+    perturbed[:, 2] += 1.0
+    # modality 0 attends to modality 2, so changing 2 changes 0's output ...
+    assert not torch.allclose(cross(perturbed, everything)[:, 0], out[:, 0])
+    # ... unless 2 is absent; and a modality with nobody else present is left as it was (no self-attention)
+    without_2 = everything.clone()
+    without_2[:, 2] = False
+    torch.testing.assert_close(cross(perturbed, without_2)[:, 0], cross(h, without_2)[:, 0])
+    alone = torch.tensor([[True, False, False]]).expand(5, 3)
+    torch.testing.assert_close(cross(h, alone)[:, 0], h[:, 0])
+    assert ItemFusion(_fusion_config(6, cross_attention=False)).cross is None
 
 
 def test_ipw_weights_clip_and_self_normalise() -> None:
