@@ -162,8 +162,10 @@ class LLM4Rec(nn.Module):
         """h: (P, D) -> (P,) per-target losses, full or sampled softmax."""
         pop_term = self.gamma * self.log_pop if self.config.pop_deconfound else None
         if items.shape[0] <= self.config.full_softmax_max_items:
-            logits = h @ items.T + (pop_term if pop_term is not None else 0.0)
-            return nn.functional.cross_entropy(logits, targets, reduction="none")
+            if pop_term is not None:  # one matmul instead of a second pass over the (P, N) logits
+                h = torch.cat([h, torch.ones(h.shape[0], 1)], dim=1)
+                items = torch.cat([items, pop_term.unsqueeze(1)], dim=1)
+            return nn.functional.cross_entropy(h @ items.T, targets, reduction="none")
         return self._sampled_cross_entropy(h, items, targets, pop_term)
 
     def _sampled_cross_entropy(
