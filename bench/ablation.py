@@ -17,9 +17,8 @@ from markdown_sections import write_section
 
 from models.splits import leave_one_out
 from recdata import load_dataset
-from training.ablation import VARIANTS
-from training.experiment import RunConfig, llm4rec_fit_config, llm4rec_metrics
-from training.llm4rec_train import train_llm4rec
+from training.ablation import VARIANTS, run_ablation
+from training.experiment import RunConfig
 from training.report import markdown_table
 
 KEYS = ("HR@10", "NDCG@10", "MRR", "Coverage@100", "LongTail@10", "ARP@10", "train_seconds", "best_epoch")
@@ -34,12 +33,7 @@ def main() -> None:
     data = load_dataset(args.dataset)
     split = leave_one_out(data)
     cfg = RunConfig(seed=args.seed, progress=False)
-    results = {}
-    for name in args.variants.split(","):
-        trained = train_llm4rec(data, split, VARIANTS[name], llm4rec_fit_config(cfg), Path(".cache/text-embeddings"),
-                                progress=False)  # fmt: skip
-        results[name] = llm4rec_metrics(trained, split, cfg)
-        print(f"{name}: NDCG@10 {results[name]['NDCG@10']:.4f} HR@10 {results[name]['HR@10']:.4f}", flush=True)
+    results = run_ablation(data, split, args.variants.split(","), cfg, Path(".cache/text-embeddings"))
     table = markdown_table(results, KEYS)
     print(table)
     body = (f"## Ablation on {data.name}\n\nCommand: `python bench/ablation.py {' '.join(sys.argv[1:])}` "

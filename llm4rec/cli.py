@@ -11,7 +11,7 @@ import typer
 from models.data import RecDataset
 from models.scoring import TrainData
 from recdata import CONVERTERS, DatasetError, convert, load_dataset
-from training.ablation import VARIANTS
+from training.ablation import VARIANTS, run_ablation
 from training.evaluate import PROTOCOLS, EvalContext, evaluate
 from training.experiment import SPLITS, RunConfig, llm4rec_fit_config, llm4rec_metrics, make_split, run_baseline
 from training.llm4rec_train import (
@@ -39,6 +39,13 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
+def _load(dataset: str) -> RecDataset:
+    try:
+        return load_dataset(dataset)
+    except DatasetError as e:
+        raise _fail(str(e)) from e
+
+
 @data_app.command("convert")
 def data_convert(
     src: Annotated[Path, typer.Argument(help="Folder holding the original files.")],
@@ -60,10 +67,7 @@ def data_info(
     dataset: Annotated[str, typer.Argument(help="Bundled name or dataset folder.")] = "ml-latest-small",
 ) -> None:
     """Validate a dataset and print its size and features."""
-    try:
-        d = load_dataset(dataset)
-    except DatasetError as e:
-        raise _fail(str(e)) from e
+    d = _load(dataset)
     density = len(d.interactions) / (d.num_users * d.num_items)
     typer.echo(
         f"{d.name}: {d.num_users} users, {d.num_items} items, {len(d.interactions)} interactions, density {density:.4%}"
@@ -79,13 +83,6 @@ def data_info(
 MODELS = (*BASELINES, "llm4rec")
 CacheOpt = Annotated[Path, typer.Option(help="Where item text embeddings are cached.")]
 DEFAULT_CACHE = Path(".cache/text-embeddings")
-
-
-def _load(dataset: str) -> RecDataset:
-    try:
-        return load_dataset(dataset)
-    except DatasetError as e:
-        raise _fail(str(e)) from e
 
 
 def _run_config(split: str, protocol: str, min_rating: float | None, seed: int, max_epochs: int | None,
@@ -212,8 +209,4 @@ def ablate_cmd(
     config = _run_config("leave-one-out", "full", None, seed, max_epochs, None)
     data = _load(dataset)
     sp = make_split(data, config)
-    results = {}
-    for name in chosen:
-        trained = train_llm4rec(data, sp, VARIANTS[name], llm4rec_fit_config(config), cache_dir)
-        results[name] = llm4rec_metrics(trained, sp, config)
-    _report(out, results, data, config, len(sp.test))
+    _report(out, run_ablation(data, sp, chosen, config, cache_dir), data, config, len(sp.test))

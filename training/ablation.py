@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
-from training.llm4rec_train import Switches
+from models.data import RecDataset
+from models.splits import Split
+from training.experiment import RunConfig, llm4rec_fit_config, llm4rec_metrics
+from training.llm4rec_train import Switches, train_llm4rec
 
 FULL = Switches()
 VARIANTS: dict[str, Switches] = {
@@ -18,3 +22,14 @@ VARIANTS: dict[str, Switches] = {
     "w/o popularity deconfounding": replace(FULL, pop_deconfound=False),
     "w/o fairness adversary": replace(FULL, fair=False),
 }
+
+
+def run_ablation(
+    data: RecDataset, split: Split, names: list[str], config: RunConfig, cache_dir: Path
+) -> dict[str, dict[str, float]]:
+    """Train and test each named variant; test metrics plus training figures per variant."""
+    results = {}
+    for name in names:
+        trained = train_llm4rec(data, split, VARIANTS[name], llm4rec_fit_config(config), cache_dir, config.progress)
+        results[name] = llm4rec_metrics(trained, split, config)
+    return results
