@@ -1,10 +1,13 @@
-# One CPU image for the LLM4Rec jobs. For now its default command trains and evaluates the baselines
+# One CPU image for the LLM4Rec jobs. For now its default command trains and evaluates the models
 # on the bundled dataset; the service and learner entry points join it as they are built.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# the CPU build of torch first: PyPI's default Linux wheel is the multi-GB CUDA one, and with
+# torch==2.13.0 already present the project install below keeps it
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 WORKDIR /src
-# the CPU build of torch: PyPI's default Linux wheel is the multi-GB CUDA one
-RUN pip install --prefix=/install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY common ./common
 COPY models ./models
@@ -14,14 +17,14 @@ COPY retrieval ./retrieval
 COPY service ./service
 COPY learner ./learner
 COPY llm4rec ./llm4rec
-RUN pip install --prefix=/install .
+RUN pip install .
 
 FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-COPY --from=build /install /usr/local
-WORKDIR /app
+ENV PYTHONUNBUFFERED=1 MPLBACKEND=Agg HF_HUB_OFFLINE=1 PATH=/opt/venv/bin:$PATH
+COPY --from=build /opt/venv /opt/venv
 # recdata looks for the bundled dataset in data/ beside its own package folder
-COPY data /usr/local/lib/python3.11/site-packages/data
-RUN useradd --create-home --uid 10001 llm4rec && mkdir -p /app/results && chown llm4rec /app/results
+COPY data /opt/venv/lib/python3.11/site-packages/data
+RUN useradd --create-home --uid 10001 llm4rec && mkdir -p /app/results && chown -R llm4rec /app
 USER llm4rec
-CMD ["llm4rec", "eval", "--out", "/app/results"]
+WORKDIR /app
+CMD ["llm4rec", "eval", "--time-budget", "300", "--out", "/app/results"]
