@@ -8,6 +8,7 @@ Prints a table per dataset and protocol, and rewrites the `baselines` section of
 from __future__ import annotations
 
 import argparse
+import shutil
 import platform
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from training.experiment import RunConfig, make_split, test_metrics, train_basel
 from training.report import markdown_table, write_report
 from training.zoo import BASELINES
 
+FIGURES = Path(__file__).resolve().parent / "figures"
 COLUMNS = ("HR@10", "NDCG@10", "MRR", "Coverage@100", "LongTail@10", "ARP@10", "train_seconds", "best_epoch")
 
 
@@ -30,7 +32,7 @@ def main() -> None:
     p.add_argument("--dataset", action="append", required=True)
     p.add_argument("--models", default=",".join(BASELINES))
     p.add_argument("--protocols", default="full,sampled-uniform,sampled-pop")
-    p.add_argument("--out", type=Path, default=Path("results/bench"))
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="results.json/md per dataset")
     args = p.parse_args()
     machine = f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     parts = [
