@@ -8,8 +8,8 @@ Prints a table per dataset and protocol, and rewrites the `baselines` section of
 from __future__ import annotations
 
 import argparse
-import shutil
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -51,14 +51,17 @@ def main() -> None:
                 print(f"{data.name} {name} {pr}: {results[pr][name]}", flush=True)
         size = f"{data.num_users} users, {data.num_items} items, {len(data.interactions)} interactions"
         parts.append(f"### {data.name} ({size})\n\n" + markdown_table(results["full"], COLUMNS))
+        write_report(
+            args.out / data.name, results["full"], {"dataset": data.name, "split": "leave-one-out", "protocol": "full"}
+        )
+        FIGURES.mkdir(exist_ok=True)
+        shutil.copy(args.out / data.name / "results.png", FIGURES / f"baselines-{data.name}.png")
+        parts.append(f"Chart: [baselines-{data.name}.png](bench/figures/baselines-{data.name}.png)\n")
         for pr in (p for p in results if p != "full"):
             parts.append(
                 f"{data.name}, protocol {pr} (1 target + 99 sampled negatives):\n\n"
                 + markdown_table(results[pr], ("HR@10", "NDCG@10", "MRR"))
             )
-        write_report(
-            args.out / data.name, results["full"], {"dataset": data.name, "split": "leave-one-out", "protocol": "full"}
-        )
     write_section("baselines", "\n".join(parts))
 
 
