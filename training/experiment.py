@@ -75,12 +75,10 @@ def run_baseline(name: str, data: RecDataset, split: Split, config: RunConfig) -
 
 def llm4rec_metrics(trained: TrainedLLM4Rec, split: Split, config: RunConfig) -> dict[str, float]:
     """Test metrics of a trained LLM4Rec plus what training cost and learned."""
-    m = evaluate(trained.model, split.test, trained.ctx, protocol=config.protocol, seed=config.seed,
-                 progress=config.progress)  # fmt: skip
     info = {"epochs": float(trained.fit.epochs), "best_epoch": float(trained.fit.best_epoch),
             "train_seconds": trained.seconds, "gamma": float(trained.model.gamma.detach()),
             "serve_gamma": float(trained.model.serve_gamma or 0.0)}  # fmt: skip
-    return {**m, **info}
+    return test_metrics(Trained(trained.model, trained.ctx, info), split, config)
 
 
 def llm4rec_fit_config(config: RunConfig) -> FitConfig:
