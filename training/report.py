@@ -16,7 +16,7 @@ TABLE_COLUMNS = ("HR@10", "NDCG@10", "MRR", "Coverage@100", "LongTail@10", "ARP@
 
 def markdown_table(results: dict[str, dict[str, float]], columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
     present = [c for c in columns if any(c in r for r in results.values())]
-    present += sorted({k for r in results.values() for k in r if "Gap" in k})
+    present += sorted({k for r in results.values() for k in r if "Gap" in k} - set(present))
     lines = ["| model | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
     for model, r in results.items():
         cells = [_fmt(r[c]) if c in r else "-" for c in present]
