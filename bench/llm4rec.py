@@ -23,6 +23,7 @@ from markdown_sections import write_section
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from models.data import RecDataset
 from models.splits import Split, leave_one_out
@@ -104,6 +105,7 @@ def fairness(data: RecDataset, split: Split, default: TrainedLLM4Rec, name: str)
     ax.plot([results[x][gap_key] for x in lams], [results[x]["NDCG@10"] for x in lams], "o-")
     for x in lams:
         ax.annotate(f"λ={x:g}", (results[x][gap_key], results[x]["NDCG@10"]), textcoords="offset points", xytext=(5, 5))
+    ax.xaxis.set_major_locator(MaxNLocator(5))  # the gaps are small numbers with long tick labels
     ax.set_xlabel(f"NDCG@10 gap between {attr} groups")
     ax.set_ylabel("NDCG@10")
     ax.set_title(f"{name}: fairness adversary trade-off")
