@@ -9,7 +9,6 @@ from typing import Annotated
 import typer
 
 from models.data import RecDataset
-from models.scoring import TrainData
 from recdata import CONVERTERS, DatasetError, convert, load_dataset
 from training.ablation import VARIANTS, run_ablation
 from training.evaluate import PROTOCOLS, EvalContext, evaluate
@@ -17,8 +16,6 @@ from training.experiment import SPLITS, RunConfig, llm4rec_fit_config, llm4rec_m
 from training.llm4rec_train import (
     CheckpointMismatchError,
     Switches,
-    load_checkpoint,
-    read_checkpoint_meta,
     save_checkpoint,
     train_llm4rec,
 )
@@ -136,18 +133,17 @@ def _report(out: Path, results: dict[str, dict[str, float]], data: RecDataset, c
 
 
 def _eval_checkpoint(path: Path, protocol: str, cache_dir: Path, out: Path) -> None:
+    ck = _open(path, cache_dir, protocol)
+    ctx = EvalContext.build(ck.data, ck.train)
+    metrics = evaluate(ck.model, ck.split.test, ctx, protocol=protocol, seed=ck.config.seed)
+    _report(out, {"llm4rec": metrics}, ck.data, ck.config, len(ck.split.test))
+
+
+def _open(path: Path, cache_dir: Path, protocol: str = "full") -> OpenedCheckpoint:
     try:
-        meta = read_checkpoint_meta(path)
-        run = meta["run"]
-        config = _run_config(run["split"], protocol, run["min_rating"], run["seed"], None, None)
-        data = _load(meta["dataset_ref"])
-        sp = make_split(data, config)
-        train = TrainData(sp.train, sp.num_users, sp.num_items)
-        model = load_checkpoint(path, data, train, cache_dir)
-    except CheckpointMismatchError as e:
+        return open_checkpoint(path, cache_dir, protocol)
+    except (CheckpointMismatchError, DatasetError) as e:
         raise _fail(str(e)) from e
-    metrics = evaluate(model, sp.test, EvalContext.build(data, train), protocol=protocol, seed=config.seed)
-    _report(out, {"llm4rec": metrics}, data, config, len(sp.test))
 
 
 def _switches(no: list[str], lambda_fair: float) -> Switches:

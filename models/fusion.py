@@ -92,9 +92,15 @@ class ModalityEncoders(nn.Module):
             known = x.id_known
             if self.training and self.config.id_dropout > 0:
                 known = known & (torch.rand(n) >= self.config.id_dropout)
-            tokens.append(self.id.weight[:n] * known.unsqueeze(-1))
+            tokens.append(self._id_rows(n) * known.unsqueeze(-1))
             available.append(known)
         return torch.stack(tokens, dim=1), torch.stack(available, dim=1)
+
+    def _id_rows(self, n: int) -> torch.Tensor:
+        """(n, D): the id table, zero-padded for items added after training (they have no id row)."""
+        assert self.id is not None
+        w = self.id.weight[:n]
+        return torch.cat([w, w.new_zeros(n - w.shape[0], w.shape[1])]) if n > w.shape[0] else w
 
 
 class CrossModalAttention(nn.Module):

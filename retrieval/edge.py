@@ -57,7 +57,9 @@ class EdgeIndex:
 
     def search(self, query: np.ndarray, k: int, filters: Filters | None = None) -> list[Hit]:
         q = check_vectors(np.asarray(query).reshape(1, -1), self._dim, 1)[0]
-        req = qe.QueryRequest(limit=k, query=qe.Query.Nearest(q.tolist()), with_payload=True, filter=edge_filter(filters))
+        req = qe.QueryRequest(
+            limit=k, query=qe.Query.Nearest(q.tolist()), with_payload=True, filter=edge_filter(filters)
+        )
         return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in self._shard.query(req)]  # type: ignore[arg-type]
 
     def retrieve(self, ids: Sequence[int]) -> dict[int, Payload]:

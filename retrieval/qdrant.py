@@ -94,8 +94,12 @@ class QdrantEngine:
 
     def publish(self, name: str, index: VectorIndex) -> None:
         assert isinstance(index, QdrantIndex), "QdrantEngine publishes its own indexes"
-        ops: list[Any] = [qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=name))] if self._target(name) else []
-        ops.append(qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=index.collection, alias_name=name)))
+        ops: list[Any] = (
+            [qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=name))] if self._target(name) else []
+        )
+        ops.append(
+            qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=index.collection, alias_name=name))
+        )
         self.client.update_collection_aliases(change_aliases_operations=ops)
         for old in self._versions(name):
             if old.name != index.collection:

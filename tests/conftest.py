@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from models.data import CategoricalField, Interactions, RecDataset, UserAttribute
+from models.llm4rec import LLM4Rec
+from models.scoring import TrainData
+from models.splits import Split, leave_one_out
+from recdata import load_dataset
+from recdata.tables import DatasetSpec, Tables
+from training.llm4rec_train import Switches, build_model
 
 
 def make_dataset(users: list[list[int]], num_items: int, genders: list[int] | None = None) -> RecDataset:
@@ -51,3 +61,50 @@ def cyclic() -> RecDataset:
         start = int(rng.integers(30))
         users.append([(start + t) % 30 for t in range(int(rng.integers(8, 16)))])
     return make_dataset(users, 30)
+
+
+@dataclass(frozen=True)
+class SmallTrained:
+    """A briefly trained full LLM4Rec (real MiniLM text) on a 60-user, 40-item dataset with two
+    themes, its dataset and split, the on-disk dataset folder and the text-embedding cache."""
+
+    model: LLM4Rec
+    data: RecDataset
+    split: Split
+    train: TrainData
+    folder: Path
+    cache: Path
+
+
+def _themed_tables(dst: Path) -> None:
+    """Items 0-19 are space films, 20-39 romances; odd users watch space, even users romance."""
+    rng = np.random.default_rng(0)
+    space = ["robots", "starship", "galaxy", "alien", "orbit"]
+    love = ["paris", "wedding", "letters", "summer", "kiss"]
+    items = [["item_id", "title", "genres", "year"]]
+    for i in range(40):
+        words, genre = (space, "Sci-Fi|Action") if i < 20 else (love, "Romance|Drama")
+        items.append([f"m{i}", f"The {words[i % 5]} story part {i // 5}", genre, str(1980 + i)])
+    rows = [["user_id", "item_id", "timestamp"]]
+    for u in range(60):
+        pool = np.arange(20) + (0 if u % 2 else 20)
+        for t, i in enumerate(rng.permutation(pool)[:10]):
+            rows.append([f"u{u}", f"m{i}", str(1_600_000_000 + 86_400 * t + u)])
+    Tables(DatasetSpec("themed", ("title",), {"genres": "|"}, ("year",)), rows, items).write(dst)
+
+
+@pytest.fixture(scope="session")
+def small_trained(tmp_path_factory: pytest.TempPathFactory) -> SmallTrained:
+    root = tmp_path_factory.mktemp("small-trained")
+    _themed_tables(root / "data")
+    data = load_dataset(root / "data")
+    split = leave_one_out(data)
+    train = TrainData(split.train, split.num_users, split.num_items)
+    torch.manual_seed(0)
+    model = build_model(data, train, Switches(), root / "cache", progress=False)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        model.fit_epoch(train, rng)
+    model.eval()
+    model.serve_gamma = float(model.gamma.detach())
+    return SmallTrained(model, data, split, train, root / "data", root / "cache")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 from models.data import RecDataset
+from models.llm4rec import LLM4Rec
 from models.scoring import Scorer, Trainable, TrainData
 from models.splits import Split, implicit, leave_one_out, temporal
+from recdata import load_dataset
 from training.evaluate import EvalContext, evaluate
 from training.fit import FitConfig, fit, seed_everything
-from training.llm4rec_train import TrainedLLM4Rec
+from training.llm4rec_train import TrainedLLM4Rec, load_checkpoint, read_checkpoint_meta
 from training.zoo import BASELINES
 
 SPLITS = ("leave-one-out", "temporal")
@@ -84,3 +88,27 @@ def llm4rec_metrics(trained: TrainedLLM4Rec, split: Split, config: RunConfig) ->
 def llm4rec_fit_config(config: RunConfig) -> FitConfig:
     fc = FitConfig(max_epochs=200, eval_every=2, patience=5, seed=config.seed, time_budget_s=config.time_budget_s)
     return replace(fc, max_epochs=min(fc.max_epochs, config.max_epochs or fc.max_epochs))
+
+
+@dataclass(frozen=True)
+class OpenedCheckpoint:
+    """A trained LLM4Rec with the dataset and training split it was trained on."""
+
+    model: LLM4Rec
+    data: RecDataset
+    split: Split
+    train: TrainData
+    config: RunConfig
+    meta: dict[str, Any]
+
+
+def open_checkpoint(path: Path, cache_dir: Path, protocol: str = "full") -> OpenedCheckpoint:
+    """Loads the checkpoint and rebuilds its split from the dataset reference it recorded; raises
+    CheckpointMismatchError (bad folder, other dataset) or recdata.DatasetError."""
+    meta = read_checkpoint_meta(path)
+    run = meta["run"]
+    config = RunConfig(split=run["split"], protocol=protocol, min_rating=run["min_rating"], seed=run["seed"])
+    data = load_dataset(meta["dataset_ref"])
+    split = make_split(data, config)
+    train = TrainData(split.train, split.num_users, split.num_items)
+    return OpenedCheckpoint(load_checkpoint(path, data, train, cache_dir), data, split, train, config, meta)

@@ -26,6 +26,9 @@ class FeatureOptions:
     numerical: bool = True
     cache_dir: Path = Path(".cache/text-embeddings")
     progress: bool = True
+    # numerical columns are normalised with statistics of the first `reference_items` items (all if
+    # None): items added after training must not shift the inputs of the ones already indexed
+    reference_items: int | None = None
 
 
 def item_texts(data: RecDataset) -> list[str]:
@@ -34,7 +37,9 @@ def item_texts(data: RecDataset) -> list[str]:
     return [". ".join(c[i] for c in cols if c[i]) for i in range(data.num_items)]
 
 
-def numerical_matrix(data: RecDataset, train: TrainData, ratings: np.ndarray | None) -> np.ndarray:
+def numerical_matrix(
+    data: RecDataset, train: TrainData, ratings: np.ndarray | None, reference_items: int | None = None
+) -> np.ndarray:
     """(N, 2F): z-scored columns (NaN -> 0) followed by their missing flags."""
     cols = dict(data.item_numerical)
     if "rating_count" in cols:
@@ -45,7 +50,8 @@ def numerical_matrix(data: RecDataset, train: TrainData, ratings: np.ndarray | N
         return np.zeros((data.num_items, 0), np.float32)
     x = np.stack(list(cols.values()), axis=1).astype(np.float32)
     missing = np.isnan(x)
-    mean, std = np.nanmean(np.where(missing, np.nan, x), axis=0), np.nanstd(x, axis=0)
+    ref = x[:reference_items]
+    mean, std = np.nanmean(ref, axis=0), np.nanstd(ref, axis=0)
     z = (x - np.nan_to_num(mean)) / np.where(np.nan_to_num(std) > 0, np.nan_to_num(std), 1.0)
     return np.concatenate([np.where(missing, 0.0, z), missing.astype(np.float32)], axis=1).astype(np.float32)
 
@@ -67,7 +73,11 @@ def item_inputs(data: RecDataset, train: TrainData, opts: FeatureOptions) -> Ite
         for f in (data.item_categorical.values() if opts.categorical else ())
     )
     ratings = train.log.rating
-    num = numerical_matrix(data, train, ratings) if opts.numerical else np.zeros((data.num_items, 0), np.float32)
+    num = (
+        numerical_matrix(data, train, ratings, opts.reference_items)
+        if opts.numerical
+        else np.zeros((data.num_items, 0), np.float32)
+    )
     known = torch.from_numpy(train.popularity() > 0)
     return ItemInputs(text, cats, torch.from_numpy(num) if num.shape[1] else None, known)
 

@@ -104,7 +104,10 @@ def test_upsert_replaces_and_adds_without_republishing(engine: IndexEngine) -> N
     q[0] = 1.0
     assert {h.id for h in index.search(q, 2)} == {5, N}
     assert index.count() == N + 1
-    assert index.retrieve([5, N, 10_000]) == {5: {"title": "replaced", "year": 2000.0}, N: {"title": "new", "year": 2001.0}}
+    assert index.retrieve([5, N, 10_000]) == {
+        5: {"title": "replaced", "year": 2000.0},
+        N: {"title": "new", "year": 2001.0},
+    }
 
 
 def test_rebuild_swaps_atomically_and_drops_old_versions(engine: IndexEngine) -> None:

@@ -1,0 +1,94 @@
+"""Per-user interaction history: what the generative user model reads at request time.
+
+Redis (shared by service replicas, survives a service restart): one sorted set per user, member =
+item id, score = event time, capped at the newest `max_len` items; re-interacting with an item moves it
+to its newest time, and out-of-order events land in time order. The in-process store keeps the same
+semantics for the embedded default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+Entry = tuple[str, int]  # (external item id, unix seconds)
+
+
+class HistoryStore(Protocol):
+    async def append(self, user: str, entries: Sequence[Entry]) -> None: ...
+
+    async def recent(self, user: str, n: int) -> list[Entry]:
+        """The user's newest n items, oldest first."""
+        ...
+
+    async def seed(self, histories: dict[str, Sequence[Entry]]) -> int:
+        """Load histories for users that have none yet (startup from the dataset); returns users loaded."""
+        ...
+
+
+class MemoryHistoryStore:
+    def __init__(self, max_len: int = 200) -> None:
+        self.max_len = max_len
+        self._by_user: dict[str, dict[str, int]] = {}
+
+    async def append(self, user: str, entries: Sequence[Entry]) -> None:
+        h = self._by_user.setdefault(user, {})
+        for item, ts in _newest(entries).items():
+            h[item] = max(ts, h.get(item, ts))
+        if len(h) > self.max_len:
+            keep = sorted(h.items(), key=lambda e: (e[1], e[0]))[-self.max_len :]
+            self._by_user[user] = dict(keep)
+
+    async def recent(self, user: str, n: int) -> list[Entry]:
+        return sorted(self._by_user.get(user, {}).items(), key=lambda e: (e[1], e[0]))[-n:] if n > 0 else []
+
+    async def seed(self, histories: dict[str, Sequence[Entry]]) -> int:
+        fresh = [u for u in histories if u not in self._by_user]
+        for u in fresh:
+            await self.append(u, histories[u])
+        return len(fresh)
+
+
+class RedisHistoryStore:
+    def __init__(self, redis: Redis, prefix: str = "recsys:history:", max_len: int = 200) -> None:
+        self.redis, self.prefix, self.max_len = redis, prefix, max_len
+
+    async def append(self, user: str, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        key = self.prefix + user
+        async with self.redis.pipeline(transaction=True) as pipe:
+            # GT adds new members and moves existing ones only forward: a late duplicate changes nothing
+            pipe.zadd(key, _newest(entries), gt=True)
+            pipe.zremrangebyrank(key, 0, -self.max_len - 1)
+            await pipe.execute()
+
+    async def recent(self, user: str, n: int) -> list[Entry]:
+        if n <= 0:
+            return []
+        rows = await self.redis.zrange(self.prefix + user, -n, -1, withscores=True)
+        return [(m.decode() if isinstance(m, bytes) else str(m), int(s)) for m, s in rows]
+
+    async def seed(self, histories: dict[str, Sequence[Entry]]) -> int:
+        users = list(histories)
+        loaded = 0
+        for lo in range(0, len(users), 500):
+            chunk = users[lo : lo + 500]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for u in chunk:
+                    pipe.exists(self.prefix + u)
+                exists = await pipe.execute()
+            for u, there in zip(chunk, exists, strict=True):
+                if not there:
+                    await self.append(u, histories[u][-self.max_len :])
+                    loaded += 1
+        return loaded
+
+
+def _newest(entries: Sequence[Entry]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item, ts in entries:
+        out[item] = max(ts, out.get(item, ts))
+    return out

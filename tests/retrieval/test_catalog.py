@@ -1,0 +1,79 @@
+"""The item index built from a trained LLM4Rec ranks exactly like the model, gamma included, and
+new items become retrievable from content alone without touching the indexed ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.scoring import HistoryBatch
+from retrieval.catalog import (
+    NewItem,
+    build_item_index,
+    extend_model,
+    index_vectors,
+    query_vector,
+    upsert_new_items,
+    user_vector,
+)
+from retrieval.edge import EdgeEngine
+from retrieval.index import Filters
+from retrieval.qdrant import QdrantEngine
+from tests.conftest import SmallTrained
+
+
+@pytest.mark.parametrize("engine_name", ["edge", "qdrant-local"])
+@pytest.mark.parametrize("gamma_scale", [0.0, 1.0])
+def test_index_top10_equals_model_scores(small_trained: SmallTrained, tmp_path: Path, engine_name: str,
+                                         gamma_scale: float) -> None:  # fmt: skip
+    st = small_trained
+    engine = EdgeEngine(tmp_path) if engine_name == "edge" else QdrantEngine(":memory:")
+    index = build_item_index(engine, st.model, st.data, st.train.popularity(), progress=False)
+    gamma = gamma_scale * float(st.model.gamma.detach())
+    st.model.serve_gamma = gamma
+    for user in range(0, 60, 7):
+        hist = st.split.test.history_of(user)
+        scores = st.model.score(HistoryBatch(torch.tensor([user]), torch.from_numpy(hist)[None]))[0]
+        scores[torch.from_numpy(hist)] = -torch.inf
+        expected = scores.topk(10).indices.tolist()
+        u = user_vector(st.model, hist.tolist())
+        hits = index.search(query_vector(u, gamma), 10, Filters(exclude_ids=frozenset(int(i) for i in hist)))
+        assert [h.id for h in hits] == expected
+        np.testing.assert_allclose([h.score for h in hits], scores.topk(10).values.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_payload_carries_what_serving_needs(small_trained: SmallTrained, tmp_path: Path) -> None:
+    st = small_trained
+    index = build_item_index(EdgeEngine(tmp_path), st.model, st.data, st.train.popularity(), progress=False)
+    p = index.retrieve([3])[3]
+    assert p["item_id"] == "m3" and p["title"] == "The alien story part 0" and p["year"] == 1983.0
+    assert p["categories"] == ["Sci-Fi", "Action"] and p["popularity"] == int(st.train.popularity()[3])
+    assert p["last_interaction"] >= 1_600_000_000
+    hits = index.search(np.ones(index.dim, np.float32), 40, Filters(categories=("Romance",), year_min=2010.0))
+    assert {h.id for h in hits} == set(range(30, 40))
+
+
+def test_new_items_get_content_vectors_and_are_retrievable(small_trained: SmallTrained, tmp_path: Path) -> None:
+    st = small_trained
+    model = st.model
+    before = index_vectors(model).copy()
+    index = build_item_index(EdgeEngine(tmp_path), model, st.data, st.train.popularity(), progress=False)
+    new = [NewItem("new-space", "The robots story part 9", ("Sci-Fi", "Unknown genre"), 2024.0),
+           NewItem("new-love", "The paris story part 9", ("Romance",), None)]  # fmt: skip
+    try:
+        grown, ids = upsert_new_items(index, model, st.data, st.train, new, st.cache)
+        assert ids == [40, 41] and grown.item_ids[40:] == ("new-space", "new-love")
+        after = index_vectors(model)
+        np.testing.assert_allclose(after[:40], before, atol=1e-5)  # indexed items did not move
+        assert np.isfinite(after[40:]).all() and after[40, -1] == 0.0  # no popularity yet
+        assert index.count() == 42 and index.retrieve([41])[41]["item_id"] == "new-love"
+        for i in ids:  # each new item is the best match for its own direction among all 42
+            assert index.search(after[i] / np.linalg.norm(after[i]), 1)[0].id == i
+        # content alone puts the new space film nearer space films than romances
+        sims = after[:, :-1] @ after[40, :-1]
+        assert sims[:20].mean() > sims[20:40].mean()
+    finally:
+        extend_model(model, st.data, st.train, st.cache)  # back to the trained catalogue for other tests

@@ -1,0 +1,61 @@
+"""History store contract, against the real Redis at 127.0.0.1:6379 and the in-process store."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from retrieval.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[HistoryStore]:
+    if request.param == "memory":
+        yield MemoryHistoryStore(max_len=5)
+        return
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    prefix = f"test:history:{uuid.uuid4().hex}:"
+    yield RedisHistoryStore(redis, prefix=prefix, max_len=5)
+    keys = [k async for k in redis.scan_iter(match=prefix + "*")]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
+
+
+async def test_append_then_recent_in_time_order(store: HistoryStore) -> None:
+    await store.append("u1", [("a", 10), ("c", 30)])
+    await store.append("u1", [("b", 20)])  # arrives late, lands in time order
+    assert await store.recent("u1", 10) == [("a", 10), ("b", 20), ("c", 30)]
+    assert await store.recent("u1", 2) == [("b", 20), ("c", 30)]
+    assert await store.recent("nobody", 10) == []
+    assert await store.recent("u1", 0) == []
+
+
+async def test_reinteraction_moves_forward_and_late_duplicate_changes_nothing(store: HistoryStore) -> None:
+    await store.append("u", [("a", 10), ("b", 20)])
+    await store.append("u", [("a", 30)])
+    await store.append("u", [("b", 5), ("a", 1)])  # a replayed old event
+    assert await store.recent("u", 10) == [("b", 20), ("a", 30)]
+
+
+async def test_capped_at_newest_max_len(store: HistoryStore) -> None:
+    await store.append("u", [(f"i{t}", t) for t in range(12)])
+    assert await store.recent("u", 100) == [(f"i{t}", t) for t in range(7, 12)]
+
+
+async def test_seed_loads_only_users_without_history(store: HistoryStore) -> None:
+    await store.append("old", [("x", 99)])
+    loaded = await store.seed({"old": [("a", 1)], "new": [("a", 1), ("b", 2)]})
+    assert loaded == 1
+    assert await store.recent("old", 10) == [("x", 99)]
+    assert await store.recent("new", 10) == [("a", 1), ("b", 2)]
