@@ -12,7 +12,16 @@ from models.data import RecDataset
 from recdata import CONVERTERS, DatasetError, convert, load_dataset
 from training.ablation import VARIANTS, run_ablation
 from training.evaluate import PROTOCOLS, EvalContext, evaluate
-from training.experiment import SPLITS, RunConfig, llm4rec_fit_config, llm4rec_metrics, make_split, run_baseline
+from training.experiment import (
+    SPLITS,
+    OpenedCheckpoint,
+    RunConfig,
+    llm4rec_fit_config,
+    llm4rec_metrics,
+    make_split,
+    open_checkpoint,
+    run_baseline,
+)
 from training.llm4rec_train import (
     CheckpointMismatchError,
     Switches,

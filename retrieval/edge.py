@@ -60,10 +60,10 @@ class EdgeIndex:
         req = qe.QueryRequest(
             limit=k, query=qe.Query.Nearest(q.tolist()), with_payload=True, filter=edge_filter(filters)
         )
-        return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in self._shard.query(req)]  # type: ignore[arg-type]
+        return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in self._shard.query(req)]
 
     def retrieve(self, ids: Sequence[int]) -> dict[int, Payload]:
-        return {int(r.id): dict(r.payload or {}) for r in self._shard.retrieve([int(i) for i in ids], True, False)}  # type: ignore[arg-type]
+        return {int(r.id): dict(r.payload or {}) for r in self._shard.retrieve([int(i) for i in ids], True, False)}
 
     def count(self) -> int:
         return int(self._shard.count(qe.CountRequest()))

@@ -68,8 +68,8 @@ class RedisHistoryStore:
     async def recent(self, user: str, n: int) -> list[Entry]:
         if n <= 0:
             return []
-        rows = await self.redis.zrange(self.prefix + user, -n, -1, withscores=True)
-        return [(m.decode() if isinstance(m, bytes) else str(m), int(s)) for m, s in rows]
+        rows: list[tuple[bytes, float]] = await self.redis.zrange(self.prefix + user, -n, -1, withscores=True)  # type: ignore[assignment]
+        return [(m.decode(), int(s)) for m, s in rows]
 
     async def seed(self, histories: dict[str, Sequence[Entry]]) -> int:
         users = list(histories)

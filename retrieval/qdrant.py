@@ -80,8 +80,10 @@ class QdrantEngine:
 
     def __init__(self, location: str, api_key: str | None = None, timeout: float = 5.0) -> None:
         remote = location.startswith(("http://", "https://"))
-        self.client = (QdrantClient(url=location, api_key=api_key, timeout=int(timeout)) if remote
-                       else QdrantClient(location=location) if location == ":memory:" else QdrantClient(path=location))  # fmt: skip
+        if remote:
+            self.client = QdrantClient(url=location, api_key=api_key, timeout=int(timeout))
+        else:
+            self.client = QdrantClient(location=location) if location == ":memory:" else QdrantClient(path=location)
         self.remote = self.native_filters = remote
 
     def create(self, name: str, dim: int, indexed_fields: Mapping[str, str]) -> QdrantIndex:

@@ -49,8 +49,11 @@ def test_payload_carries_what_serving_needs(small_trained: SmallTrained, tmp_pat
     st = small_trained
     index = build_item_index(EdgeEngine(tmp_path), st.model, st.data, st.train.popularity(), progress=False)
     p = index.retrieve([3])[3]
-    assert p["item_id"] == "m3" and p["title"] == "The alien story part 0" and p["year"] == 1983.0
-    assert p["categories"] == ["Sci-Fi", "Action"] and p["popularity"] == int(st.train.popularity()[3])
+    assert p["item_id"] == "m3"
+    assert p["title"] == "The alien story part 0"
+    assert p["year"] == 1983.0
+    assert p["categories"] == ["Sci-Fi", "Action"]
+    assert p["popularity"] == int(st.train.popularity()[3])
     assert p["last_interaction"] >= 1_600_000_000
     hits = index.search(np.ones(index.dim, np.float32), 40, Filters(categories=("Romance",), year_min=2010.0))
     assert {h.id for h in hits} == set(range(30, 40))
@@ -65,11 +68,14 @@ def test_new_items_get_content_vectors_and_are_retrievable(small_trained: SmallT
            NewItem("new-love", "The paris story part 9", ("Romance",), None)]  # fmt: skip
     try:
         grown, ids = upsert_new_items(index, model, st.data, st.train, new, st.cache)
-        assert ids == [40, 41] and grown.item_ids[40:] == ("new-space", "new-love")
+        assert ids == [40, 41]
+        assert grown.item_ids[40:] == ("new-space", "new-love")
         after = index_vectors(model)
         np.testing.assert_allclose(after[:40], before, atol=1e-5)  # indexed items did not move
-        assert np.isfinite(after[40:]).all() and after[40, -1] == 0.0  # no popularity yet
-        assert index.count() == 42 and index.retrieve([41])[41]["item_id"] == "new-love"
+        assert np.isfinite(after[40:]).all()
+        assert after[40, -1] == 0.0
+        assert index.count() == 42
+        assert index.retrieve([41])[41]["item_id"] == "new-love"
         for i in ids:  # each new item is the best match for its own direction among all 42
             assert index.search(after[i] / np.linalg.norm(after[i]), 1)[0].id == i
         # content alone puts the new space film nearer space films than romances

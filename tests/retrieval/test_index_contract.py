@@ -61,7 +61,9 @@ def test_unpublished_name_opens_to_none(engine: IndexEngine) -> None:
 def test_search_equals_exact_dot_product_top10(engine: IndexEngine) -> None:
     vectors, _ = built(engine)
     index = engine.open("items")
-    assert index is not None and index.count() == N and index.dim == DIM
+    assert index is not None
+    assert index.count() == N
+    assert index.dim == DIM
     for q in np.random.default_rng(1).normal(size=(20, DIM)).astype(np.float32):
         hits = index.search(q, 10)
         assert [h.id for h in hits] == exact_top(vectors, q, 10)
@@ -80,7 +82,8 @@ def test_exclusions_and_payload_filters_match_exact_search(engine: IndexEngine) 
     assert [h.id for h in hits] == exact_top(vectors, q, 10, keep)
     assert all("comedy" in h.payload["categories"] and 1970 <= h.payload["year"] <= 1999 for h in hits)  # type: ignore[operator]
     by_item = index.search(q, 5, Filters(item_ids=(3, 7)))
-    assert by_item and {h.payload["item"] for h in by_item} <= {3, 7}
+    assert by_item
+    assert {h.payload["item"] for h in by_item} <= {3, 7}
 
 
 def test_filter_that_matches_little_returns_what_there_is(engine: IndexEngine) -> None:
@@ -119,10 +122,12 @@ def test_rebuild_swaps_atomically_and_drops_old_versions(engine: IndexEngine) ->
     new.upsert(list(range(10)), vectors[:10], payloads[:10])
     q = old_vectors[0]
     current = engine.open("items")
-    assert current is not None and current.count() == N  # the half-built version is not served
+    assert current is not None
+    assert current.count() == N
     engine.publish("items", new)
     current = engine.open("items")
-    assert current is not None and current.count() == 10
+    assert current is not None
+    assert current.count() == 10
     assert [h.id for h in current.search(q, 3)] == exact_top(vectors[:10], q, 3)
 
 
