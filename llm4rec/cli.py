@@ -10,6 +10,9 @@ import typer
 
 from models.data import RecDataset
 from recdata import CONVERTERS, DatasetError, convert, load_dataset
+from retrieval.catalog import build_item_index
+from retrieval.context import build_context_index, build_entries
+from retrieval.engines import make_engine
 from training.ablation import VARIANTS, run_ablation
 from training.evaluate import PROTOCOLS, EvalContext, evaluate
 from training.experiment import (
@@ -29,6 +32,7 @@ from training.llm4rec_train import (
     train_llm4rec,
 )
 from training.report import markdown_table, write_report
+from training.text_embeddings import embed_texts
 from training.zoo import BASELINES
 
 app = typer.Typer(
@@ -215,3 +219,28 @@ def ablate_cmd(
     data = _load(dataset)
     sp = make_split(data, config)
     _report(out, run_ablation(data, sp, chosen, config, cache_dir), data, config, len(sp.test))
+
+
+index_app = typer.Typer(help="The Qdrant item index and RAG context collection.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+LocationOpt = Annotated[
+    str, typer.Option(help="A folder (embedded Qdrant Edge), qdrant-local:PATH, :memory:, or a Qdrant server URL.")
+]
+
+
+@index_app.command("build")
+def index_build(
+    model: Annotated[Path, typer.Option(help="Checkpoint folder from `llm4rec train`.")],
+    location: LocationOpt = ".cache/index",
+    context: Annotated[bool, typer.Option(help="Also (re)build the RAG context collection.")] = True,
+    cache_dir: CacheOpt = DEFAULT_CACHE,
+) -> None:
+    """(Re)build the item index from a checkpoint; readers switch to it only once it is complete."""
+    ck = _open(model, cache_dir)
+    engine = make_engine(location)
+    items = build_item_index(engine, ck.model, ck.data, ck.train.popularity())
+    typer.echo(f"items: {items.count()} points of dimension {items.dim} published at {location}")
+    if context:
+        entries = build_entries(ck.data)
+        ctx = build_context_index(engine, entries, lambda texts: embed_texts(texts, cache_dir))
+        typer.echo(f"context: {ctx.count()} entries published")

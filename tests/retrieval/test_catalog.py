@@ -83,3 +83,28 @@ def test_new_items_get_content_vectors_and_are_retrievable(small_trained: SmallT
         assert sims[:20].mean() > sims[20:40].mean()
     finally:
         extend_model(model, st.data, st.train, st.cache)  # back to the trained catalogue for other tests
+
+
+def test_index_build_cli_publishes_items_and_context(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llm4rec.cli import app
+    from retrieval.engines import make_engine
+    from tests.llm4rec.test_cli import _small_generic
+
+    _small_generic(tmp_path / "data")
+    cache, ckpt, loc = tmp_path / "cache", tmp_path / "ckpt", str(tmp_path / "index")
+    runner = CliRunner()
+    args = ["train", "--dataset", str(tmp_path / "data"), "--out", str(ckpt), "--max-epochs", "1"]
+    assert runner.invoke(app, [*args, "--cache-dir", str(cache)]).exit_code == 0
+    result = runner.invoke(app, ["index", "build", "--model", str(ckpt), "--location", loc, "--cache-dir", str(cache)])
+    assert result.exit_code == 0, result.output
+    engine = make_engine(loc)
+    items, context = engine.open("items"), engine.open("context")
+    assert items is not None
+    assert items.count() == 30
+    assert context is not None
+    assert context.count() > 30  # descriptions plus similar-item relations
+    bad = runner.invoke(app, ["index", "build", "--model", str(tmp_path / "nothing"), "--location", loc])
+    assert bad.exit_code == 2
+    assert "is not a checkpoint" in bad.output
