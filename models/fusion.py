@@ -145,7 +145,9 @@ class AdaptiveFusion(nn.Module):
     def forward(self, h: torch.Tensor, available: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h: (N, M, D) -> fused (N, D) and modality weights alpha (N, M)."""
         logits = self.score(h).squeeze(-1) if self.adaptive else torch.zeros(h.shape[:2])
-        alpha = torch.softmax(logits.masked_fill(~available, -torch.inf), dim=-1)
+        # an item with no modality at all (ids-only model, item unseen in training) gets alpha = 0 and
+        # the MLP's constant output, not NaN
+        alpha = torch.softmax(logits.masked_fill(~available, -torch.inf), dim=-1).nan_to_num(0.0)
         weighted = (alpha.unsqueeze(-1) * h).sum(1)
         return weighted + self.mix((h * available.unsqueeze(-1)).flatten(1)), alpha
 

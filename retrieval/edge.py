@@ -43,8 +43,9 @@ def edge_filter(f: Filters | None) -> qe.Filter | None:
 
 
 class EdgeIndex:
-    def __init__(self, shard: qe.EdgeShard, dim: int, path: Path) -> None:
+    def __init__(self, shard: qe.EdgeShard, dim: int, path: Path, hnsw_ef: int = 256) -> None:
         self._shard, self._dim, self.path = shard, dim, path
+        self._params = qe.SearchParams(hnsw_ef=hnsw_ef)  # only used where a segment has an HNSW graph
 
     @property
     def dim(self) -> int:
@@ -78,8 +79,8 @@ class EdgeIndex:
 
 
 class EdgeEngine:
-    def __init__(self, root: Path, hnsw_m: int = 16, ef_construct: int = 100) -> None:
-        self.root, self._hnsw = Path(root), (hnsw_m, ef_construct)
+    def __init__(self, root: Path, hnsw_m: int = 16, ef_construct: int = 100, hnsw_ef: int = 256) -> None:
+        self.root, self._hnsw, self.hnsw_ef = Path(root), (hnsw_m, ef_construct), hnsw_ef
         self._open: dict[Path, EdgeIndex] = {}
 
     def create(self, name: str, dim: int, indexed_fields: Mapping[str, str]) -> EdgeIndex:
@@ -92,7 +93,7 @@ class EdgeEngine:
         shard = qe.EdgeShard.create(str(path), config)
         for field, kind in indexed_fields.items():
             shard.update(qe.UpdateOperation.create_field_index(field, _SCHEMA[kind]))
-        self._open[path] = index = EdgeIndex(shard, dim, path)
+        self._open[path] = index = EdgeIndex(shard, dim, path, self.hnsw_ef)
         return index
 
     def publish(self, name: str, index: VectorIndex) -> None:
@@ -115,7 +116,7 @@ class EdgeEngine:
         current = json.loads(pointer.read_text())
         path = pointer.parent / current["version"]
         if path not in self._open:
-            self._open[path] = EdgeIndex(qe.EdgeShard.load(str(path)), int(current["dim"]), path)
+            self._open[path] = EdgeIndex(qe.EdgeShard.load(str(path)), int(current["dim"]), path, self.hnsw_ef)
         return self._open[path]
 
     def _close(self, path: Path) -> None:

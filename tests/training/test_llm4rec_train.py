@@ -82,3 +82,17 @@ def test_ablate_cli_writes_a_table(tmp_path: Path) -> None:
     table = (out / "results.md").read_text()
     assert "| full |" in table
     assert "| w/o text |" in table
+
+
+def test_ids_only_variant_scores_items_unseen_in_training(tmp_path: Path) -> None:
+    """The ablation's ids-only model has no modality for an item missing from training: its vector must
+    be a finite constant, not NaN (NaN scores would make every rank meaningless)."""
+    from tests.conftest import make_dataset
+
+    data = make_dataset([[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5]], num_items=7)  # item 6: never seen
+    split = leave_one_out(data)
+    train = TrainData(split.train, split.num_users, split.num_items)
+    model = build_model(data, train, Switches(fusion=False), tmp_path, progress=False)
+    model.eval()
+    scores = model.score(HistoryBatch(torch.tensor([0]), torch.tensor([[0, 1, 2]])))
+    assert torch.isfinite(scores).all()
