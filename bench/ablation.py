@@ -2,12 +2,14 @@
 
     python bench/ablation.py --dataset ../shared/data/ml-100k
 
-Prints the table and rewrites the `ablation-<dataset>` section of BENCHMARKS.md.
+Prints the table and rewrites the `ablation-<dataset>` section of BENCHMARKS.md. Each variant's figures
+are kept in bench/results/ablation-<dataset>.json, so `--variants` re-runs only some rows of the table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -33,8 +35,12 @@ def main() -> None:
     data = load_dataset(args.dataset)
     split = leave_one_out(data)
     cfg = RunConfig(seed=args.seed, progress=False)
-    results = run_ablation(data, split, args.variants.split(","), cfg, Path(".cache/text-embeddings"))
-    table = markdown_table(results, KEYS)
+    store = Path(__file__).resolve().parent / "results" / f"ablation-{data.name}.json"
+    kept = json.loads(store.read_text()) if store.exists() else {}
+    kept.update(run_ablation(data, split, args.variants.split(","), cfg, Path(".cache/text-embeddings")))
+    store.parent.mkdir(exist_ok=True)
+    store.write_text(json.dumps(kept, indent=1))
+    table = markdown_table({v: kept[v] for v in VARIANTS if v in kept}, KEYS)
     print(table)
     body = (f"## Ablation on {data.name}\n\nCommand: `python bench/ablation.py {' '.join(sys.argv[1:])}` "
             f"(seed {args.seed}; one seed, so differences under about the seed spread reported above are noise).\n\n"

@@ -1,10 +1,12 @@
 """LLM4Rec against SASRec-CE over seeds, the popularity intervention, the fairness trade-off and
 cold start, on full-ranking leave-one-out.
 
-    python bench/llm4rec.py --dataset ../shared/data/ml-100k --seeds 0,1,2 --fairness --cold-start
-    python bench/llm4rec.py --dataset ml-latest-small --seeds 0,1,2
+    python bench/llm4rec.py --dataset ../shared/data/ml-100k --seeds 0,1,2
+    python bench/llm4rec.py --dataset ml-latest-small --seeds 0,1,2 --sections accuracy
+    python bench/llm4rec.py --dataset ../shared/data/ml-100k --seeds 0,1 --sections fairness
 
-Prints every figure as it comes and rewrites the `llm4rec-<dataset>` section of BENCHMARKS.md;
+Prints every figure as it comes and rewrites the `llm4rec-`, `fairness-` and `coldstart-<dataset>`
+sections of BENCHMARKS.md;
 charts go to bench/figures/.
 """
 
@@ -38,7 +40,6 @@ from training.report import markdown_table
 FIGURES = Path(__file__).resolve().parent / "figures"
 CACHE = Path(".cache/text-embeddings")
 KEYS = ("HR@10", "NDCG@10", "MRR", "Coverage@100", "LongTail@10", "ARP@10")
-FAIR_LAMBDAS = (0.0, 0.3, 1.0)  # besides the default 0.1 of the full model
 
 
 def train(data: RecDataset, split: Split, seed: int, **switches: object) -> TrainedLLM4Rec:
@@ -92,33 +93,52 @@ def debiasing(trained: TrainedLLM4Rec, split: Split) -> str:
             "popularity's direct effect entirely.\n\n" + markdown_table(rows, KEYS))  # fmt: skip
 
 
-def fairness(data: RecDataset, split: Split, default: TrainedLLM4Rec, name: str) -> str:
+FAIR_SETTINGS = {  # label -> (adversary weight, loss-parity weight); 0.1 / 0 is the full model
+    "no fairness term": (0.0, 0.0),
+    "adversary 0.1 (full model)": (0.1, 0.0),
+    "adversary 0.1 + parity 1": (0.1, 1.0),
+    "adversary 0.1 + parity 4": (0.1, 4.0),
+}
+
+
+def fairness(data: RecDataset, split: Split, seeds: list[int]) -> str:
+    """Each setting over seeds: NDCG@10 and the gender NDCG@10 gap, mean and spread, and the chart."""
     attr = data.sensitive[0]
     gap_key = f"NDCGGap@10[{attr}]"
-    results = {0.1: llm4rec_metrics(default, split, RunConfig(seed=0))}
-    for lam in FAIR_LAMBDAS:
-        trained = train(data, split, 0, fair=lam > 0, lambda_fair=lam)
-        results[lam] = llm4rec_metrics(trained, split, RunConfig(seed=0))
-        print(f"lambda_fair {lam}: NDCG@10 {results[lam]['NDCG@10']:.4f}, gap {results[lam][gap_key]:.4f}", flush=True)
-    lams = sorted(results)
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot([results[x][gap_key] for x in lams], [results[x]["NDCG@10"] for x in lams], "o-")
-    for x in lams:
-        ax.annotate(f"λ={x:g}", (results[x][gap_key], results[x]["NDCG@10"]), textcoords="offset points", xytext=(5, 5))
+    results: dict[str, list[dict[str, float]]] = {}
+    for label, (lam, parity) in FAIR_SETTINGS.items():
+        for seed in seeds:
+            trained = train(data, split, seed, fair=lam + parity > 0, lambda_fair=lam, lambda_parity=parity)
+            results.setdefault(label, []).append(llm4rec_metrics(trained, split, RunConfig(seed=seed)))
+            r = results[label][-1]
+            print(f"{label} seed {seed}: NDCG@10 {r['NDCG@10']:.4f}, gap {r[gap_key]:.4f}", flush=True)
+    path = _fairness_chart(results, gap_key, attr, data.name)
+    lines = [f"| setting | NDCG@10 | HR@10 | {gap_key} | ExposureGap@10[{attr}] |", "|---|---|---|---|---|"]
+    for label, rows in results.items():
+        lines.append(f"| {label} | {mean_std(rows, 'NDCG@10')} | {mean_std(rows, 'HR@10')} | {mean_std(rows, gap_key)} "
+                     f"| {mean_std(rows, f'ExposureGap@10[{attr}]')} |")  # fmt: skip
+    return (f"Sensitive attribute `{attr}`, seeds {seeds}, mean ± sample std. The adversary predicts `{attr}` "
+            "from the user vector through gradient reversal (eq. 16-17); the parity term penalises the gap "
+            "between the groups' mean training losses. Chart: "
+            f"[{path.name}](bench/figures/{path.name}).\n\n" + "\n".join(lines) + "\n")  # fmt: skip
+
+
+def _fairness_chart(results: dict[str, list[dict[str, float]]], gap_key: str, attr: str, name: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, rows in results.items():
+        gaps, ndcgs = np.array([r[gap_key] for r in rows]), np.array([r["NDCG@10"] for r in rows])
+        ax.errorbar(gaps.mean(), ndcgs.mean(), xerr=gaps.std(), yerr=ndcgs.std(), fmt="o", capsize=3, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(5))  # the gaps are small numbers with long tick labels
-    ax.set_xlabel(f"NDCG@10 gap between {attr} groups")
+    ax.set_xlabel(f"NDCG@10 gap between {attr} groups (lower is fairer)")
     ax.set_ylabel("NDCG@10")
-    ax.set_title(f"{name}: fairness adversary trade-off")
+    ax.set_title(f"{name}: fairness trade-off (mean ± std over seeds)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     FIGURES.mkdir(exist_ok=True)
     path = FIGURES / f"fairness-{name}.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    rows = {f"lambda_fair = {x:g}": results[x] for x in lams}
-    keys = ("NDCG@10", "HR@10", gap_key, f"ExposureGap@10[{attr}]")
-    return f"Adversary on `{attr}`, seed 0. Chart: [{path.name}](bench/figures/{path.name}).\n\n" + markdown_table(
-        rows, keys
-    )
+    return path
 
 
 def cold_start(data: RecDataset, seed: int = 0) -> str:
@@ -138,23 +158,27 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--fairness", action="store_true")
-    p.add_argument("--cold-start", action="store_true")
+    p.add_argument("--sections", default="accuracy,fairness,cold-start",
+                   help="accuracy (with the popularity intervention), fairness, cold-start")  # fmt: skip
     args = p.parse_args()
     data = load_dataset(args.dataset)
     split = leave_one_out(data)
     seeds = [int(s) for s in args.seeds.split(",")]
-    parts = [f"## LLM4Rec on {data.name}\n\nCommand: `python bench/llm4rec.py {' '.join(sys.argv[1:])}`\n"]
-    text, first = accuracy(data, split, seeds)
-    parts += ["### Accuracy against SASRec-CE\n", text, "### Popularity intervention\n", debiasing(first, split)]
-    print(parts[-1], flush=True)
-    if args.fairness and data.sensitive:
-        parts += ["### Fairness trade-off\n", fairness(data, split, first, data.name)]
-    if args.cold_start:
-        parts += ["### Cold start\n", cold_start(data)]
-    body = "\n".join(parts)
-    print(body)
-    write_section(f"llm4rec-{data.name}", body)
+    sections = set(args.sections.split(","))
+    command = f"Command: `python bench/llm4rec.py {' '.join(sys.argv[1:])}`\n"
+    if "accuracy" in sections:
+        text, first = accuracy(data, split, seeds)
+        parts = [f"## LLM4Rec on {data.name}\n", command, "### Accuracy against SASRec-CE\n", text,
+                 "### Popularity intervention\n", debiasing(first, split)]  # fmt: skip
+        write_section(f"llm4rec-{data.name}", "\n".join(parts))
+    if "fairness" in sections and data.sensitive:
+        body = f"## Fairness on {data.name}\n\n{command}\n" + fairness(data, split, seeds)
+        print(body, flush=True)
+        write_section(f"fairness-{data.name}", body)
+    if "cold-start" in sections:
+        body = f"## Cold start on {data.name}\n\n{command}\n" + cold_start(data)
+        print(body, flush=True)
+        write_section(f"coldstart-{data.name}", body)
 
 
 if __name__ == "__main__":

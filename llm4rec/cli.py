@@ -159,12 +159,12 @@ def _open(path: Path, cache_dir: Path, protocol: str = "full") -> OpenedCheckpoi
         raise _fail(str(e)) from e
 
 
-def _switches(no: list[str], lambda_fair: float) -> Switches:
-    fields = {f.replace("_", "-"): f for f in Switches.__dataclass_fields__ if f != "lambda_fair"}
+def _switches(no: list[str], lambda_fair: float, lambda_parity: float) -> Switches:
+    fields = {f.replace("_", "-"): f for f in Switches.__dataclass_fields__ if not f.startswith("lambda_")}
     bad = [n for n in no if n not in fields]
     if bad:
         raise _fail(f"unknown component(s) {bad}; can switch off: {sorted(fields)}")
-    return Switches(**{fields[n]: False for n in no}, lambda_fair=lambda_fair)
+    return Switches(**{fields[n]: False for n in no}, lambda_fair=lambda_fair, lambda_parity=lambda_parity)
 
 
 NoOpt = Annotated[
@@ -180,6 +180,7 @@ def train_cmd(
     dataset: DatasetOpt = "ml-latest-small",
     no: NoOpt = None,
     lambda_fair: Annotated[float, typer.Option(help="Weight of the fairness adversary.")] = 0.1,
+    lambda_parity: Annotated[float, typer.Option(help="Weight of the per-group training-loss gap.")] = 0.0,
     split: Annotated[str, typer.Option(help=f"One of {SPLITS}.")] = "leave-one-out",
     min_rating: Annotated[float | None, typer.Option(help="Keep only ratings >= this as positives.")] = None,
     seed: int = 0,
@@ -188,7 +189,7 @@ def train_cmd(
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
     """Train the LLM4Rec model (early stopping on validation NDCG@10) and save a checkpoint."""
-    sw = _switches(no or [], lambda_fair)
+    sw = _switches(no or [], lambda_fair, lambda_parity)
     config = _run_config(split, "full", min_rating, seed, max_epochs, time_budget)
     data = _load(dataset)
     sp = make_split(data, config)

@@ -70,3 +70,15 @@ class FairnessAdversary(nn.Module):
             return user_vectors.sum() * 0.0
         logits = self.net(reverse_gradient(user_vectors[known], lambda_fair))
         return nn.functional.cross_entropy(logits, groups[known])
+
+
+def group_loss_gap(losses: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Largest difference between groups' mean training losses in a batch (unknown group -1 ignored):
+    a differentiable stand-in for the NDCG gap of eq. 18 (a performance-parity regulariser, as in Yao &
+    Huang 2017). The adversary alone removes the attribute from the user vector, which need not equalise
+    how well each group is served."""
+    means = [losses[groups == g].mean() for g in groups.unique() if g >= 0]
+    if len(means) < 2:
+        return losses.sum() * 0.0
+    stacked = torch.stack(means)
+    return stacked.max() - stacked.min()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.debias import FairnessAdversary, ipw_weights, log_popularity, propensities
+from models.debias import FairnessAdversary, group_loss_gap, ipw_weights, log_popularity, propensities
 from models.fusion import FusionConfig, ItemFusion, ItemInputs
 from models.scoring import PAD, HistoryBatch, TrainData
 from models.sequences import training_windows, window_batches
@@ -39,6 +39,7 @@ class LLM4RecConfig:
     ipw_clip: float = 10.0
     pop_deconfound: bool = True
     lambda_fair: float = 0.0
+    lambda_parity: float = 0.0  # weight of the per-group loss gap (needs num_groups)
     num_groups: int = 0  # classes of the sensitive attribute the adversary predicts
     full_softmax_max_items: int = 50_000  # larger catalogues train with a sampled softmax
     num_negatives: int = 4096
@@ -154,6 +155,8 @@ class LLM4Rec(nn.Module):
         if self.config.ipw:
             ce = ce * ipw_weights(self.p_item[targets] * self.p_user[users[rows]], self.config.ipw_clip)
         loss = ce.mean()
+        if self.config.lambda_parity > 0 and self.user_groups is not None:
+            loss = loss + self.config.lambda_parity * group_loss_gap(ce, self.user_groups[users[rows]])
         if self.adversary is not None and self.user_groups is not None:
             loss = loss + self.adversary.loss(h[:, -1], self.user_groups[users], self.config.lambda_fair)
         return loss

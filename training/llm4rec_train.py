@@ -47,6 +47,7 @@ class Switches:
     pop_deconfound: bool = True
     fair: bool = True
     lambda_fair: float = 0.1
+    lambda_parity: float = 0.0  # per-group loss-gap penalty (off in the full model; see bench/llm4rec.py)
 
 
 def build_model(data: RecDataset, train: TrainData, sw: Switches, cache_dir: Path, progress: bool = True,
@@ -67,9 +68,10 @@ def build_model(data: RecDataset, train: TrainData, sw: Switches, cache_dir: Pat
         id_dropout=0.1 if content else 0.0,
     )
     base = base or LLM4RecConfig()
-    fair = sw.fair and num_groups > 1 and sw.lambda_fair > 0
+    fair = sw.fair and num_groups > 1 and (sw.lambda_fair > 0 or sw.lambda_parity > 0)
     config = replace(base, fusion=replace(fusion, dim=base.fusion.dim), ipw=sw.ipw, pop_deconfound=sw.pop_deconfound,
-                     lambda_fair=sw.lambda_fair if fair else 0.0, num_groups=num_groups if fair else 0)  # fmt: skip
+                     lambda_fair=sw.lambda_fair if fair else 0.0,
+                     lambda_parity=sw.lambda_parity if fair else 0.0, num_groups=num_groups if fair else 0)  # fmt: skip
     activity = torch.bincount(torch.from_numpy(train.log.user), minlength=data.num_users)
     return LLM4Rec(config, items, torch.from_numpy(train.popularity()), activity, groups)
 

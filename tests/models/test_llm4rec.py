@@ -160,3 +160,15 @@ def test_windows_use_the_whole_history() -> None:
     assert (tgt[0, :-1] == inp[0, 1:]).all()
     data = make_dataset([[0, 1, 2]], 3)
     assert len(data.interactions) == 3
+
+
+def test_group_loss_gap_is_the_spread_of_group_means_and_differentiable() -> None:
+    from models.debias import group_loss_gap
+
+    losses = torch.tensor([1.0, 2.0, 3.0, 6.0], requires_grad=True)
+    gap = group_loss_gap(losses, torch.tensor([0, 0, 1, -1]))  # unknown group ignored
+    torch.testing.assert_close(gap, torch.tensor(1.5))
+    gap.backward()
+    assert losses.grad is not None
+    torch.testing.assert_close(losses.grad, torch.tensor([-0.5, -0.5, 1.0, 0.0]))
+    assert group_loss_gap(losses, torch.tensor([1, 1, 1, -1])).item() == 0.0  # one group: nothing to equalise
