@@ -139,3 +139,19 @@ def test_rejects_wrong_shapes_and_non_finite_vectors(engine: IndexEngine) -> Non
         index.upsert([0], np.full((1, DIM), np.nan, np.float32), [{}])
     with pytest.raises(ValueError, match="shape"):
         index.search(np.zeros(DIM - 1, np.float32), 5)
+
+
+def test_make_engine_picks_the_engine_by_location(tmp_path: Path) -> None:
+    from retrieval.engines import make_engine
+
+    assert isinstance(make_engine(str(tmp_path / "edge")), EdgeEngine)
+    local = make_engine(f"qdrant-local:{tmp_path / 'local'}")
+    assert isinstance(local, QdrantEngine)
+    assert not local.native_filters  # local mode filters in process
+    built(local)
+    local.client.close()
+    reopened = QdrantEngine(str(tmp_path / "local"))  # persisted on disk like a server's storage
+    index = reopened.open("items")
+    assert index is not None
+    assert index.count() == N
+    reopened.client.close()
