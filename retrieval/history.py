@@ -8,7 +8,7 @@ semantics for the embedded default.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -17,13 +17,15 @@ Entry = tuple[str, int]  # (external item id, unix seconds)
 
 
 class HistoryStore(Protocol):
+    max_len: int
+
     async def append(self, user: str, entries: Sequence[Entry]) -> None: ...
 
     async def recent(self, user: str, n: int) -> list[Entry]:
         """The user's newest n items, oldest first."""
         ...
 
-    async def seed(self, histories: dict[str, Sequence[Entry]]) -> int:
+    async def seed(self, histories: Mapping[str, Sequence[Entry]]) -> int:
         """Load histories for users that have none yet (startup from the dataset); returns users loaded."""
         ...
 
@@ -44,7 +46,7 @@ class MemoryHistoryStore:
     async def recent(self, user: str, n: int) -> list[Entry]:
         return sorted(self._by_user.get(user, {}).items(), key=lambda e: (e[1], e[0]))[-n:] if n > 0 else []
 
-    async def seed(self, histories: dict[str, Sequence[Entry]]) -> int:
+    async def seed(self, histories: Mapping[str, Sequence[Entry]]) -> int:
         fresh = [u for u in histories if u not in self._by_user]
         for u in fresh:
             await self.append(u, histories[u])
@@ -71,7 +73,7 @@ class RedisHistoryStore:
         rows: list[tuple[bytes, float]] = await self.redis.zrange(self.prefix + user, -n, -1, withscores=True)  # type: ignore[assignment]
         return [(m.decode(), int(s)) for m, s in rows]
 
-    async def seed(self, histories: dict[str, Sequence[Entry]]) -> int:
+    async def seed(self, histories: Mapping[str, Sequence[Entry]]) -> int:
         users = list(histories)
         loaded = 0
         for lo in range(0, len(users), 500):

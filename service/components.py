@@ -1,0 +1,100 @@
+"""Everything the service process needs, built once at startup (`build_components`) and passed down."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from redis.asyncio import Redis
+
+from retrieval.catalog import ITEMS, build_item_index, index_vectors
+from retrieval.context import CONTEXT, ContextStore, ContextWeights, build_context_index, build_entries
+from retrieval.engines import make_engine
+from retrieval.history import Entry, HistoryStore, MemoryHistoryStore, RedisHistoryStore
+from retrieval.index import IndexEngine, VectorIndex
+from service.settings import Settings
+from training.experiment import OpenedCheckpoint, open_checkpoint
+from training.text_embeddings import embed_texts
+
+
+class NotReadyError(RuntimeError):
+    """A dependency the service cannot serve without is missing (no checkpoint, no index)."""
+
+
+@dataclass
+class Components:
+    checkpoint: OpenedCheckpoint
+    items: VectorIndex
+    context: ContextStore | None
+    history: HistoryStore
+    redis: Redis | None
+    vectors: np.ndarray  # (N, D + 1) as indexed: fused vector plus the popularity coordinate
+    item_index: dict[str, int]  # external item id -> internal id
+    aspects: list[tuple[str, ...]]  # per item: its categorical values (genres)
+    titles: list[str]
+    model_version: str
+
+    @property
+    def learned_gamma(self) -> float:
+        g = self.checkpoint.model.serve_gamma
+        return float(self.checkpoint.model.gamma.detach()) if g is None else float(g)
+
+
+def _model_version(model_dir: Path) -> str:
+    return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
+
+
+def build_components(settings: Settings) -> Components:
+    if not (settings.model_dir / "model.safetensors").is_file():
+        raise NotReadyError(f"no checkpoint at {settings.model_dir}; run `llm4rec train --out {settings.model_dir}`")
+    ck = open_checkpoint(settings.model_dir, settings.cache_dir)
+    key = settings.index.api_key.get_secret_value() if settings.index.api_key else None
+    engine = make_engine(settings.index.location, key)
+    items = engine.open(ITEMS)
+    if items is None:
+        if not settings.index.build_if_missing:
+            raise NotReadyError(f"no item index at {settings.index.location}; run `llm4rec index build`")
+        items = build_item_index(engine, ck.model, ck.data, ck.train.popularity(), progress=False)
+    data = ck.data
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    title_col = data.item_text.get("title") or data.item_ids
+    return Components(
+        checkpoint=ck,
+        items=items,
+        context=_context_store(settings, engine, ck) if settings.rag.enabled else None,
+        history=RedisHistoryStore(redis, settings.history_prefix, settings.history_len)
+        if redis
+        else MemoryHistoryStore(settings.history_len),
+        redis=redis,
+        vectors=index_vectors(ck.model),
+        item_index={x: i for i, x in enumerate(data.item_ids)},
+        aspects=[
+            tuple(v for f in data.item_categorical.values() for v in f.values_of(i)) for i in range(data.num_items)
+        ],
+        titles=list(title_col),
+        model_version=_model_version(settings.model_dir),
+    )
+
+
+def _context_store(settings: Settings, engine: IndexEngine, ck: OpenedCheckpoint) -> ContextStore:
+    cache = settings.cache_dir
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return embed_texts(texts, cache, progress=False)
+
+    index = engine.open(CONTEXT)
+    if index is None:
+        index = build_context_index(engine, build_entries(ck.data), embed, progress=False)
+    r = settings.rag
+    return ContextStore(index, embed, ContextWeights(l1=r.l1, l2=r.l2, l3=r.l3, sigma_days=r.sigma_days))
+
+
+def dataset_histories(ck: OpenedCheckpoint) -> dict[str, list[Entry]]:
+    """Every user's known interactions (external ids, time order): the history store's starting point."""
+    data, inter = ck.data, ck.data.interactions
+    out: dict[str, list[Entry]] = {}
+    for u, i, t in zip(inter.user.tolist(), inter.item.tolist(), inter.timestamp.tolist(), strict=True):
+        out.setdefault(data.user_ids[u], []).append((data.item_ids[i], int(t)))
+    return out

@@ -1,0 +1,131 @@
+"""The serving path, free of HTTP: history -> user vector -> index -> optional MMR -> explanations.
+
+Known users: the generative user model reads their current history (so feedback posted a moment ago
+counts), the index ranks by u . v + gamma * log(1 + pop) with the request's gamma (do(popularity),
+eq. 15), seen items excluded. Users without history get a cold-start list: the catalogue's mean content
+direction plus popularity, marked `cold_start`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+
+from retrieval.catalog import query_vector, user_vector
+from retrieval.index import Filters, Hit
+from service.components import Components
+from service.explain import Explainer, Explanation, Reason, choose, context_reason, preference_reason, similarity_reason
+
+
+@dataclass(frozen=True)
+class Query:
+    user_id: str
+    k: int = 10
+    categories: tuple[str, ...] = ()
+    year_min: float | None = None
+    year_max: float | None = None
+    exclude_item_ids: tuple[str, ...] = ()
+    exclude_seen: bool = True
+    explain: bool = True
+    timestamp: int | None = None
+    gamma: float | None = None  # None: the model's validated serving gamma
+    diversity: float = 0.0  # MMR trade-off: 0 = pure relevance
+
+
+@dataclass(frozen=True)
+class Recommended:
+    item_id: str
+    score: float
+    rank: int
+    payload: dict[str, Any]
+    explanation: Explanation | None
+
+
+@dataclass(frozen=True)
+class Result:
+    request_id: str
+    model_version: str
+    cold_start: bool
+    gamma: float
+    items: list[Recommended]
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+class Recommender:
+    def __init__(self, c: Components, explainer: Explainer, mmr_pool: int = 4) -> None:
+        self.c, self.explainer, self.mmr_pool = c, explainer, mmr_pool
+        fused = c.vectors[:, :-1]
+        self._unit = fused / (np.linalg.norm(fused, axis=1, keepdims=True) + 1e-9)
+        self._cold_query = fused.mean(0)
+
+    async def recommend(self, q: Query) -> Result:
+        stages: dict[str, float] = {}
+        t = time.perf_counter()
+        history = [self.c.item_index[i] for i, _ in await self.c.history.recent(q.user_id, self.c.history.max_len)
+                   if i in self.c.item_index]  # fmt: skip
+        stages["history"] = time.perf_counter() - t
+        gamma = self.c.learned_gamma if q.gamma is None else q.gamma
+        hits = await anyio.to_thread.run_sync(self._retrieve, q, history, gamma, stages)
+        t = time.perf_counter()
+        items = []
+        for rank, h in enumerate(hits, start=1):
+            expl = await self._explain(q, h, history) if q.explain else None
+            items.append(Recommended(str(h.payload["item_id"]), h.score, rank, h.payload, expl))
+        stages["explanation"] = time.perf_counter() - t
+        return Result(uuid.uuid4().hex, self.c.model_version, not history, gamma, items, stages)
+
+    def _retrieve(self, q: Query, history: list[int], gamma: float, stages: dict[str, float]) -> list[Hit]:
+        t = time.perf_counter()
+        user = user_vector(self.c.checkpoint.model, history) if history else self._cold_query
+        stages["user_encoding"] = time.perf_counter() - t
+        t = time.perf_counter()
+        excluded = {self.c.item_index[i] for i in q.exclude_item_ids if i in self.c.item_index}
+        if q.exclude_seen:
+            excluded.update(history)
+        f = Filters(q.categories, q.year_min, q.year_max, frozenset(excluded))
+        pool = q.k * self.mmr_pool if q.diversity > 0 else q.k
+        hits = self.c.items.search(query_vector(user, gamma), pool, f)
+        stages["retrieval"] = time.perf_counter() - t
+        t = time.perf_counter()
+        hits = self._mmr(hits, q.k, q.diversity) if q.diversity > 0 else hits
+        stages["rerank"] = time.perf_counter() - t
+        return hits
+
+    def _mmr(self, hits: list[Hit], k: int, lam: float) -> list[Hit]:
+        """Maximal marginal relevance (Carbonell & Goldstein 1998) over fused-vector cosine."""
+        if not hits:
+            return hits
+        rel = np.array([h.score for h in hits])
+        rel = (rel - rel.min()) / (np.ptp(rel) + 1e-9)
+        unit = self._unit[[h.id for h in hits]]
+        chosen: list[int] = []
+        rest = list(range(len(hits)))
+        while rest and len(chosen) < k:
+            sim = (unit[rest] @ unit[chosen].T).max(1) if chosen else np.zeros(len(rest))
+            best = rest[int(np.argmax((1 - lam) * rel[rest] - lam * sim))]
+            chosen.append(best)
+            rest.remove(best)
+        return [hits[i] for i in chosen]
+
+    async def _explain(self, q: Query, hit: Hit, history: list[int]) -> Explanation:
+        c = self.c
+        recent = history[-50:]  # the evidence a reader can check: the newest part of the history
+        reasons: list[Reason] = [
+            preference_reason(c.aspects[hit.id], [c.aspects[i] for i in recent]),
+            similarity_reason(c.vectors[hit.id, :-1], c.vectors[recent, :-1],
+                              [c.checkpoint.data.item_ids[i] for i in recent], [c.titles[i] for i in recent]),
+        ]  # fmt: skip
+        if c.context is not None:
+            w = c.context.weights
+            entries = await anyio.to_thread.run_sync(
+                lambda: c.context.retrieve(c.titles[hit.id], k=3, items=[hit.id], t_now=q.timestamp)  # type: ignore[union-attr]
+            )
+            reasons.append(context_reason(entries, w.l1 + w.l2 + w.l3))
+        chosen = choose(reasons)
+        text = await self.explainer.word(c.titles[hit.id], reasons)
+        return Explanation(chosen.type, text, chosen.evidence, {r.type: round(r.weight, 4) for r in reasons})

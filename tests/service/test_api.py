@@ -1,0 +1,152 @@
+"""API tests through httpx against the real app (lifespan included): a trained checkpoint, the real
+Qdrant Edge index built at startup, RAG context, and history in the real Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
+from redis.asyncio import Redis
+
+from retrieval.history import RedisHistoryStore
+from service.app import create_app
+from service.settings import IndexSettings, Settings
+from tests.conftest import SmallTrained
+from training.llm4rec_train import Switches, save_checkpoint
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(small_trained: SmallTrained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt")
+    extra = {"dataset_ref": str(small_trained.folder), "run": {"split": "leave-one-out", "min_rating": None, "seed": 0}}
+    save_checkpoint(out, small_trained.model, small_trained.data, Switches(), extra)
+    return out
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test:svc:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+async def client(
+    checkpoint: Path, small_trained: SmallTrained, tmp_path: Path, prefix: str
+) -> AsyncIterator[AsyncClient]:
+    settings = Settings(model_dir=checkpoint, cache_dir=small_trained.cache, redis_url="redis://127.0.0.1:6379/0",
+                        history_prefix=prefix, index=IndexSettings(location=str(tmp_path / "index")))  # fmt: skip
+    app = create_app(settings)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as c,
+    ):
+        yield c
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    keys = [k async for k in redis.scan_iter(match=prefix + "*")]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
+
+
+async def test_recommend_known_user_with_explanations(client: AsyncClient, small_trained: SmallTrained) -> None:
+    r = await client.post("/recommend", json={"user_id": "u1", "k": 5}, headers={"X-Request-ID": "abc-1"})
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Request-ID"] == "abc-1"
+    body = r.json()
+    assert body["cold_start"] is False
+    assert len(body["model_version"]) == 12
+    items = body["items"]
+    assert [it["rank"] for it in items] == [1, 2, 3, 4, 5]
+    scores = [it["score"] for it in items]
+    assert scores == sorted(scores, reverse=True)
+    data = small_trained.data
+    seen = {data.item_ids[i] for i in data.interactions.item[data.interactions.user == 1]}
+    assert not seen & {it["item_id"] for it in items}
+    for it in items:
+        e = it["explanation"]
+        assert e["type"] in {"preference", "similarity", "context"}
+        assert e["type"] == max(e["weights"], key=e["weights"].get)  # eq. 25
+        assert e["evidence"]
+        assert it["title"] in e["text"]
+    # u1 watches space films (Sci-Fi, Action): the top items follow
+    assert sum("Sci-Fi" in it["categories"] for it in items) >= 4
+
+
+async def test_new_history_changes_the_next_recommendations(client: AsyncClient, prefix: str) -> None:
+    before = (await client.post("/recommend", json={"user_id": "u1", "k": 5, "explain": False})).json()["items"]
+    assert sum("Sci-Fi" in it["categories"] for it in before) >= 4
+    # the space fan binges romances (what POST /feedback will append)
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    await RedisHistoryStore(redis, prefix).append("u1", [(f"m{i}", 1_700_000_000 + i) for i in range(20, 32)])
+    await redis.aclose()
+    after = (await client.post("/recommend", json={"user_id": "u1", "k": 5, "explain": False})).json()["items"]
+    assert sum("Romance" in it["categories"] for it in after) >= 4
+
+
+async def test_unknown_user_gets_a_cold_start_list(client: AsyncClient) -> None:
+    r = await client.post("/recommend", json={"user_id": "newcomer", "k": 3})
+    assert r.status_code == 200
+    assert r.json()["cold_start"] is True
+    assert len(r.json()["items"]) == 3
+
+
+async def test_gamma_and_diversity_change_the_list(client: AsyncClient, small_trained: SmallTrained) -> None:
+    pop = small_trained.train.popularity()
+    index = {x: i for i, x in enumerate(small_trained.data.item_ids)}
+
+    async def mean_pop(gamma: float) -> float:
+        body = {"user_id": "u2", "k": 3, "explain": False, "debias": {"gamma": gamma}}
+        items = (await client.post("/recommend", json=body)).json()["items"]
+        return float(np.mean([pop[index[it["item_id"]]] for it in items]))
+
+    assert await mean_pop(5.0) > await mean_pop(-5.0)
+    plain = (await client.post("/recommend", json={"user_id": "u2", "k": 5, "explain": False})).json()["items"]
+    diverse = await client.post("/recommend", json={"user_id": "u2", "k": 5, "explain": False,
+                                                    "diversity": {"lambda": 0.9}})  # fmt: skip
+    assert diverse.status_code == 200
+    assert [it["item_id"] for it in diverse.json()["items"]] != [it["item_id"] for it in plain]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"user_id": "u1", "k": 0}, "k"),
+        ({"user_id": "u1", "k": 101}, "k"),
+        ({"user_id": "bad id with spaces"}, "user_id"),
+        ({"user_id": "u1", "surprise": 1}, "surprise"),
+        ({"user_id": "u1", "context": {"timestamp": 10**12}}, "timestamp"),
+        ({"k": 5}, "user_id"),
+    ],
+)
+async def test_invalid_bodies_get_422_naming_the_field(
+    client: AsyncClient, body: dict[str, object], field: str
+) -> None:
+    r = await client.post("/recommend", json=body)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert any(field in [str(x) for x in d["loc"]] for d in detail)
+    assert all(d["msg"] for d in detail)
+
+
+async def test_items_health_and_readiness(client: AsyncClient) -> None:
+    r = await client.get("/items/m3")
+    assert r.status_code == 200
+    assert r.json()["title"] == "The alien story part 0"
+    missing = await client.get("/items/nope")
+    assert missing.status_code == 404
+    assert missing.json()["detail"]["field"] == "item_id"
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["dependencies"] == {"model": "loaded", "index": "40 items", "history": "redis ok"}
