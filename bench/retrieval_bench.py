@@ -29,7 +29,7 @@ from retrieval.context import ContextStore, ContextWeights, build_context_index,
 from retrieval.edge import EdgeEngine, EdgeIndex
 from retrieval.index import Filters, Hit, VectorIndex
 from retrieval.qdrant import QdrantEngine
-from training.text_embeddings import embed_texts
+from training.text_embeddings import TextEncoder
 
 DIM = 65  # 64-d fused vector + the popularity coordinate, as served
 GENRES = [f"g{i}" for i in range(18)]
@@ -138,13 +138,12 @@ def rag_precision(users: int = 300, seed: int = 0) -> str:
     split = leave_one_out(data)
     entries = build_entries(data)
 
-    def embed(texts: list[str]) -> np.ndarray:
-        return embed_texts(texts, CACHE, progress=len(texts) > 1)
+    embed = TextEncoder(CACHE, progress=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         index = build_context_index(EdgeEngine(Path(tmp)), entries, embed)
-        genres = [set(v for f in data.item_categorical.values() for v in f.values_of(i)) for i in range(data.num_items)]
-        title = data.item_text["title"]
+        genres = [set(data.aspects(i)) for i in range(data.num_items)]
+        title = data.titles()
         rng = np.random.default_rng(seed)
         picked = rng.choice(len(split.test), size=min(users, len(split.test)), replace=False)
         variants = {"cosine only (l2 = l3 = 0)": ContextWeights(l2=0.0, l3=0.0),

@@ -78,6 +78,14 @@ class RecDataset:
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
 
+    def titles(self) -> tuple[str, ...]:
+        """Display names: the `title` text column, else the first text column, else the ids."""
+        return self.item_text.get("title") or next(iter(self.item_text.values()), self.item_ids)
+
+    def aspects(self, item: int) -> tuple[str, ...]:
+        """All categorical values of an item (e.g. its genres), field by field."""
+        return tuple(v for f in self.item_categorical.values() for v in f.values_of(item))
+
     def category_matrix(self) -> np.ndarray | None:
         """(N, C) float32 multi-hot over all categorical fields, or None without any."""
         if not self.item_categorical:

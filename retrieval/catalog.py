@@ -50,15 +50,15 @@ def query_vector(user: np.ndarray, gamma: float) -> np.ndarray:
 
 def item_payloads(data: RecDataset, popularity: np.ndarray, ids: Sequence[int] | None = None) -> list[Payload]:
     """What serving and explanations read about an item, without another lookup."""
-    title = data.item_text.get("title") or next(iter(data.item_text.values()), None)
+    titles = data.titles()
     year = data.item_numerical.get("year")
     last = np.full(data.num_items, -1, np.int64)
     np.maximum.at(last, data.interactions.item, data.interactions.timestamp)
     out = []
     for i in range(data.num_items) if ids is None else ids:
-        cats = [v for f in data.item_categorical.values() for v in f.values_of(i)]
-        p: Payload = {"item_id": data.item_ids[i], "title": title[i] if title else data.item_ids[i],
-                      "categories": cats, "popularity": int(popularity[i]) if i < len(popularity) else 0}  # fmt: skip
+        pop = int(popularity[i]) if i < len(popularity) else 0
+        p: Payload = {"item_id": data.item_ids[i], "title": titles[i], "categories": list(data.aspects(i)),
+                      "popularity": pop}  # fmt: skip
         if year is not None and not np.isnan(year[i]):
             p["year"] = float(year[i])
         if last[i] >= 0:
@@ -72,9 +72,10 @@ def build_item_index(engine: IndexEngine, model: LLM4Rec, data: RecDataset, popu
     """Embed, upsert in batches, then publish: readers switch to the new version in one step."""
     vectors = index_vectors(model)
     index = engine.create(name, vectors.shape[1], INDEXED_FIELDS)
+    payloads = item_payloads(data, popularity)  # once: it scans the whole interaction log
     for lo in tqdm(range(0, len(vectors), batch_size), desc="index items", disable=not progress):
         ids = list(range(lo, min(lo + batch_size, len(vectors))))
-        index.upsert(ids, vectors[ids], item_payloads(data, popularity, ids))
+        index.upsert(ids, vectors[ids], payloads[lo : ids[-1] + 1])
     engine.publish(name, index)
     return index
 

