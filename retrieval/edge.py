@@ -119,6 +119,10 @@ class EdgeEngine:
             self._open[path] = EdgeIndex(qe.EdgeShard.load(str(path)), int(current["dim"]), path, self.hnsw_ef)
         return self._open[path]
 
+    def close(self) -> None:
+        for path in list(self._open):
+            self._close(path)
+
     def _close(self, path: Path) -> None:
         if (index := self._open.pop(path, None)) is not None:
             index.close()

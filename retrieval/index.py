@@ -93,6 +93,10 @@ class IndexEngine(Protocol):
         """The published version of `name`, or None if nothing was ever published."""
         ...
 
+    def close(self) -> None:
+        """Release files and connections (an embedded index locks its folder while open)."""
+        ...
+
 
 def check_vectors(vectors: np.ndarray, dim: int, n: int) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)

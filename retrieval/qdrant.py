@@ -94,6 +94,9 @@ class QdrantEngine:
             self.client.create_payload_index(collection, field_name=field, field_schema=_SCHEMA[kind])
         return QdrantIndex(self.client, collection, dim, self.native_filters)
 
+    def close(self) -> None:
+        self.client.close()
+
     def publish(self, name: str, index: VectorIndex) -> None:
         assert isinstance(index, QdrantIndex), "QdrantEngine publishes its own indexes"
         ops: list[Any] = (

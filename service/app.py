@@ -3,23 +3,42 @@ components in the lifespan; routes only validate, map and answer."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
+import numpy as np
 import structlog
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.components import Components, build_components, dataset_histories
-from service.explain import TemplateExplainer
-from service.recommender import Query, Recommender, Result
+from common.events import ID_PATTERN, MAX_TIMESTAMP, FeedbackEvent
+from retrieval.catalog import NewItem
+from service.components import Components, add_items_live, build_components, dataset_histories
+from service.feedback import (
+    EventSink,
+    FeedbackIngest,
+    Forwarder,
+    InProcessSink,
+    KafkaEventSink,
+    MemoryDeduper,
+    RedisDeduper,
+)
+from service.llm_explain import make_explainer
+from service.metrics import Metrics
+from service.middleware import RequestContext
+from service.recommender import Query, Recommender, Result, unit_rows
 from service.settings import Settings
+from service.spool import Spool, SpoolError
 
 log = structlog.get_logger()
-ID = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")
+ID = Field(min_length=1, max_length=128, pattern=ID_PATTERN)
 
 
 class Strict(BaseModel):
@@ -34,7 +53,7 @@ class FiltersIn(Strict):
 
 
 class ContextIn(Strict):
-    timestamp: int | None = Field(None, ge=0, le=32_503_680_000)  # before year 3000
+    timestamp: int | None = Field(None, ge=0, le=MAX_TIMESTAMP)
 
 
 class DebiasIn(Strict):
@@ -64,7 +83,23 @@ class RecommendIn(Strict):
         )  # fmt: skip
 
 
-def _result_json(r: Result) -> dict[str, Any]:
+class FeedbackIn(Strict):
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=1000)
+
+
+class ItemIn(Strict):
+    item_id: str = ID
+    title: str = Field(min_length=1, max_length=500)
+    categories: list[str] = Field(default_factory=list, max_length=50)
+    year: float | None = Field(None, ge=0, le=3000)
+    text: str = Field("", max_length=5000)
+
+
+class ItemsIn(Strict):
+    items: list[ItemIn] = Field(min_length=1, max_length=1000)
+
+
+def _result_json(r: Result, adapter_version: int) -> dict[str, Any]:
     items = []
     for it in r.items:
         p = it.payload
@@ -77,38 +112,102 @@ def _result_json(r: Result) -> dict[str, Any]:
             out["explanation"] = {"type": e.type, "text": e.text, "weights": e.weights,
                                   "evidence": [vars(x) for x in e.evidence]}  # fmt: skip
         items.append(out)
-    return {"request_id": r.request_id, "model_version": r.model_version, "adapter_version": 0,
-            "cold_start": r.cold_start, "gamma": r.gamma, "items": items}  # fmt: skip
+    return {"request_id": r.request_id, "model_version": r.model_version, "adapter_version": adapter_version,
+            "cold_start": r.cold_start, "degraded": r.degraded, "gamma": r.gamma, "items": items}  # fmt: skip
+
+
+def _observe(m: Metrics, c: Components, r: Result) -> None:
+    for stage, seconds in r.stages.items():
+        m.stage.labels(stage).observe(seconds)
+    if r.cold_start:
+        m.cold_start.inc()
+    if r.degraded:
+        m.dependency_errors.labels("history").inc()
+    if not r.items:
+        return
+    m.recommended_items.inc(len(r.items))
+    m.recommended_popularity.set(float(np.mean([it.payload.get("popularity", 0) for it in r.items])))
+    if len(r.items) > 1:
+        unit = unit_rows(c.vectors[[c.item_index[it.item_id] for it in r.items], :-1])
+        n = len(r.items)
+        m.recommended_diversity.set(1.0 - float(((unit @ unit.T).sum() - n) / (n * (n - 1))))
+
+
+def _sink(settings: Settings) -> EventSink:
+    k = settings.kafka
+    if k.bootstrap_servers:
+        return KafkaEventSink(k.bootstrap_servers, k.topic, k.request_timeout_ms)
+    return InProcessSink()
 
 
 def create_app(settings: Settings | None = None, components: Components | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = Metrics()
+    key = settings.api.key.get_secret_value().encode() if settings.api.key else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         c = await anyio.to_thread.run_sync(build_components, settings) if components is None else components
-        seeded = await c.history.seed(dataset_histories(c.checkpoint))
-        app.state.components = c
-        app.state.recommender = Recommender(c, TemplateExplainer())
-        log.info("service_started", model_version=c.model_version, items=c.items.count(), users_seeded=seeded)
+        seeded = await _seed(c)
+        explainer = await anyio.to_thread.run_sync(make_explainer, settings.explain, c, metrics)
+        sink = _sink(settings)
+        spool = Spool(settings.feedback.spool_dir)
+        forwarder = Forwarder(spool, sink, metrics)
+        f = settings.feedback
+        deduper = RedisDeduper(c.redis, f.dedupe_prefix, f.dedupe_ttl_s, metrics) if c.redis else MemoryDeduper()
+        app.state.components, app.state.sink, app.state.forwarder = c, sink, forwarder
+        app.state.recommender = Recommender(c, explainer)
+        app.state.feedback = FeedbackIngest(spool, forwarder, deduper, c.history, metrics, f.ack_wait_s)
+        app.state.items_lock = asyncio.Lock()
+        task = asyncio.create_task(forwarder.run())
+        log.info("service_started", model_version=c.model_version, items=c.items.count(), users_seeded=seeded,
+                 sink=sink.name, spool_pending=spool.pending, explainer=explainer.name)  # fmt: skip
         yield
-        if c.redis is not None:
-            await c.redis.aclose()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await sink.close()
+        await explainer.close()
+        await c.close()
 
     app = FastAPI(title="LLM4Rec", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.api.max_body_bytes)
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        with structlog.contextvars.bound_contextvars(request_id=rid):
-            response = await call_next(request)
-        response.headers["X-Request-ID"] = rid
-        return response
+    async def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        if key is not None and not hmac.compare_digest((x_api_key or "").encode(), key):
+            raise HTTPException(401, detail={"field": "X-API-Key", "reason": "missing or wrong API key"})
+
+    write = [Depends(require_key)]
+
+    @app.exception_handler(SpoolError)
+    async def spool_failed(request: Request, exc: SpoolError) -> JSONResponse:
+        log.error("spool_failed", error=str(exc))
+        return JSONResponse({"detail": {"field": None, "reason": "feedback could not be made durable; retry"}}, 503)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request_failed")  # the trace goes to the log, never to the client
+        return JSONResponse({"detail": {"field": None, "reason": "internal error"}}, 500)
 
     @app.post("/recommend")
     async def recommend(body: RecommendIn, request: Request) -> dict[str, Any]:
         result = await request.app.state.recommender.recommend(body.to_query())
-        return _result_json(result)
+        _observe(metrics, request.app.state.components, result)
+        return _result_json(result, adapter_version=0)
+
+    @app.post("/feedback", status_code=202, dependencies=write)
+    async def feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
+        r = await request.app.state.feedback.ingest(body.events)
+        return {"accepted": r.accepted, "duplicates": r.duplicates, "published": r.published}
+
+    @app.post("/items", dependencies=write)
+    async def add_items(body: ItemsIn, request: Request) -> dict[str, Any]:
+        new = [NewItem(i.item_id, i.title, tuple(i.categories), i.year, i.text) for i in body.items]
+        async with request.app.state.items_lock:  # one catalogue growth at a time
+            added = await anyio.to_thread.run_sync(add_items_live, request.app.state.components, new,
+                                                   settings.cache_dir)  # fmt: skip
+        metrics.items_upserted.inc(len(added))
+        return {"added": added, "existing": [i.item_id for i in new if i.item_id not in set(added)]}
 
     @app.get("/items/{item_id}")
     async def get_item(item_id: str, request: Request) -> dict[str, Any]:
@@ -130,11 +229,28 @@ def create_app(settings: Settings | None = None, components: Components | None =
         if c is not None:
             deps["index"] = f"{c.items.count()} items"
             deps["history"] = "memory" if c.redis is None else await _redis_state(c)
+            fw: Forwarder = request.app.state.forwarder
+            deps["events"] = f"{fw.sink.name} {'ok' if fw.healthy else 'unreachable'}, {fw.spool.pending} spooled"
+            deps["explainer"] = request.app.state.recommender.explainer.name
+        # Kafka down does not make the service unready: feedback spools and recommendations still work
         ready = c is not None and deps.get("history") != "unreachable"
         response.status_code = 200 if ready else 503
         return {"ready": ready, "dependencies": deps, "model_version": c.model_version if c else None}
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.metrics = metrics
     return app
+
+
+async def _seed(c: Components) -> int:
+    try:
+        return await c.history.seed(dataset_histories(c.checkpoint))
+    except Exception as e:  # Redis down at startup: serve (cold start until it returns), do not crash
+        log.warning("history_seed_failed", error=str(e))
+        return 0
 
 
 async def _redis_state(c: Components) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from redis.asyncio import Redis
 
-from retrieval.catalog import ITEMS, build_item_index, index_vectors
+from retrieval.catalog import ITEMS, NewItem, add_items, build_item_index, extend_model, index_vectors, item_payloads
 from retrieval.context import CONTEXT, ContextStore, ContextWeights, build_context_index, build_entries
 from retrieval.engines import make_engine
 from retrieval.history import Entry, HistoryStore, MemoryHistoryStore, RedisHistoryStore
@@ -35,11 +36,40 @@ class Components:
     aspects: list[tuple[str, ...]]  # per item: its categorical values (genres)
     titles: list[str]
     model_version: str
+    engine: IndexEngine | None = None  # closed at shutdown
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.engine is not None:
+            self.engine.close()
 
     @property
     def learned_gamma(self) -> float:
         g = self.checkpoint.model.serve_gamma
         return float(self.checkpoint.model.gamma.detach()) if g is None else float(g)
+
+
+def add_items_live(c: Components, new: Sequence[NewItem], cache_dir: Path) -> list[str]:
+    """Cold start on the running service: content-only vectors for `new` (ids not in the catalogue),
+    then the index. Every table a request reads grows before the index can return a new id, and the
+    id map last, so a concurrent request sees either the old catalogue or the whole new one."""
+    new = [it for it in new if it.item_id not in c.item_index]
+    if not new:
+        return []
+    ck = c.checkpoint
+    grown = add_items(ck.data, new)
+    wide = extend_model(ck.model, grown, ck.train, cache_dir)
+    ck.model.item_vectors()  # fill the model's vector cache here, not in the next request
+    ids = list(range(ck.data.num_items, grown.num_items))
+    vectors = index_vectors(ck.model)
+    c.titles = list(grown.titles())
+    c.aspects = [grown.aspects(i) for i in range(grown.num_items)]
+    c.vectors = vectors
+    c.checkpoint = replace(ck, data=grown, train=wide)
+    c.items.upsert(ids, vectors[ids], item_payloads(grown, np.zeros(0), ids))
+    c.item_index = {**c.item_index, **{grown.item_ids[i]: i for i in ids}}
+    return [grown.item_ids[i] for i in ids]
 
 
 def _model_version(model_dir: Path) -> str:
@@ -72,6 +102,7 @@ def build_components(settings: Settings) -> Components:
         aspects=[data.aspects(i) for i in range(data.num_items)],
         titles=list(data.titles()),
         model_version=_model_version(settings.model_dir),
+        engine=engine,
     )
 
 

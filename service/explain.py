@@ -74,19 +74,33 @@ def choose(reasons: Sequence[Reason]) -> Reason:
     return max(reasons, key=lambda r: r.weight)
 
 
+@dataclass(frozen=True)
+class ToWord:
+    """One recommended item's chosen reason, to be put into words."""
+
+    title: str
+    aspects: tuple[str, ...]  # the item's own categories: facts a wording may state
+    reason: Reason
+
+
 class Explainer(Protocol):
-    """Words the chosen reason of each item of one request."""
+    """Words the chosen reasons of all items of one request (one call, so an LLM backend can batch)."""
 
     name: str
 
-    async def word(self, title: str, reasons: Sequence[Reason]) -> str: ...
+    async def word(self, items: Sequence[ToWord]) -> list[str]: ...
+
+    async def close(self) -> None: ...
 
 
 class TemplateExplainer:
     name = "template"
 
-    async def word(self, title: str, reasons: Sequence[Reason]) -> str:
-        return template_text(title, choose(reasons))
+    async def word(self, items: Sequence[ToWord]) -> list[str]:
+        return [template_text(it.title, it.reason) for it in items]
+
+    async def close(self) -> None:
+        return None
 
 
 def template_text(title: str, r: Reason) -> str:

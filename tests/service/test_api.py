@@ -3,60 +3,16 @@ Qdrant Edge index built at startup, RAG context, and history in the real Redis."
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import numpy as np
 import pytest
-from asgi_lifespan import LifespanManager
-from httpx import ASGITransport, AsyncClient
+from httpx import AsyncClient
 from redis.asyncio import Redis
 
 from retrieval.history import RedisHistoryStore
-from service.app import create_app
-from service.settings import IndexSettings, Settings
 from tests.conftest import SmallTrained
-from training.llm4rec_train import Switches, save_checkpoint
+from tests.service.conftest import REDIS_URL
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(small_trained: SmallTrained, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt")
-    extra = {"dataset_ref": str(small_trained.folder), "run": {"split": "leave-one-out", "min_rating": None, "seed": 0}}
-    save_checkpoint(out, small_trained.model, small_trained.data, Switches(), extra)
-    return out
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"test:svc:{uuid.uuid4().hex}:"
-
-
-@pytest.fixture
-async def client(
-    checkpoint: Path, small_trained: SmallTrained, tmp_path: Path, prefix: str
-) -> AsyncIterator[AsyncClient]:
-    settings = Settings(model_dir=checkpoint, cache_dir=small_trained.cache, redis_url="redis://127.0.0.1:6379/0",
-                        history_prefix=prefix, index=IndexSettings(location=str(tmp_path / "index")))  # fmt: skip
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as c,
-    ):
-        yield c
-    redis = Redis.from_url("redis://127.0.0.1:6379/0")
-    keys = [k async for k in redis.scan_iter(match=prefix + "*")]
-    if keys:
-        await redis.delete(*keys)
-    await redis.aclose()
 
 
 async def test_recommend_known_user_with_explanations(client: AsyncClient, small_trained: SmallTrained) -> None:
@@ -87,8 +43,10 @@ async def test_new_history_changes_the_next_recommendations(client: AsyncClient,
     before = (await client.post("/recommend", json={"user_id": "u1", "k": 5, "explain": False})).json()["items"]
     assert sum("Sci-Fi" in it["categories"] for it in before) >= 4
     # the space fan binges romances (what POST /feedback will append)
-    redis = Redis.from_url("redis://127.0.0.1:6379/0")
-    await RedisHistoryStore(redis, prefix).append("u1", [(f"m{i}", 1_700_000_000 + i) for i in range(20, 32)])
+    redis = Redis.from_url(REDIS_URL)
+    await RedisHistoryStore(redis, prefix + "history:").append(
+        "u1", [(f"m{i}", 1_700_000_000 + i) for i in range(20, 32)]
+    )
     await redis.aclose()
     after = (await client.post("/recommend", json={"user_id": "u1", "k": 5, "explain": False})).json()["items"]
     assert sum("Romance" in it["categories"] for it in after) >= 4
@@ -149,4 +107,10 @@ async def test_items_health_and_readiness(client: AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["dependencies"] == {"model": "loaded", "index": "40 items", "history": "redis ok"}
+    assert ready.json()["dependencies"] == {
+        "model": "loaded",
+        "index": "40 items",
+        "history": "redis ok",
+        "events": "in-process ok, 0 spooled",
+        "explainer": "template",
+    }

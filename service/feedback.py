@@ -1,0 +1,290 @@
+"""Feedback ingestion: dedupe by event id -> durable spool -> user history -> event sink.
+
+`FeedbackIngest.ingest` answers only once the events are durable in the spool (`service.spool`);
+`Forwarder` drains the spool in order into an `EventSink` and commits its position after the sink
+acknowledged. Two sinks: `KafkaEventSink` (aiokafka, idempotent producer, key = user id) and
+`InProcessSink` (the embedded default: subscribers in this process, such as the in-process learner).
+
+Why a write-ahead spool rather than "send, and spool on failure": a send that timed out may still have
+reached the broker, so spooling it would publish it twice. Here each event is sent by one long-lived
+idempotent producer until acknowledged, so a Kafka outage neither loses nor duplicates events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import structlog
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from common.events import FEEDBACK_TOPIC, FeedbackEvent
+from retrieval.history import HistoryStore
+from service.metrics import Metrics
+from service.spool import Position, Record, Spool
+
+log = structlog.get_logger()
+
+
+class SinkUnavailableError(RuntimeError):
+    """The sink did not acknowledge; the forwarder keeps the events and retries. `acked`: how many of
+    the records, from the first, were acknowledged before the failure."""
+
+    def __init__(self, message: str, acked: int = 0) -> None:
+        super().__init__(message)
+        self.acked = acked
+
+
+class EventSink(Protocol):
+    name: str
+
+    async def publish(self, records: Sequence[tuple[bytes, bytes]]) -> int:
+        """Publish (key, value) records in order; returns how many were acknowledged before a failure
+        (then raises SinkUnavailableError), so a retry resends only the rest."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class KafkaEventSink:
+    name = "kafka"
+
+    def __init__(self, bootstrap_servers: str, topic: str = FEEDBACK_TOPIC, request_timeout_ms: int = 30_000) -> None:
+        self.bootstrap, self.topic, self.timeout_ms = bootstrap_servers, topic, request_timeout_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    async def _connected(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            p = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap, client_id="llm4rec-service", acks="all",
+                enable_idempotence=True,  # broker-side dedupe of the producer's own retries
+                request_timeout_ms=self.timeout_ms, linger_ms=2,
+            )  # fmt: skip
+            try:
+                await p.start()
+            except Exception as e:  # unreachable brokers surface as several aiokafka error types
+                await p.stop()
+                raise SinkUnavailableError(f"kafka unreachable: {e}") from e
+            self._producer = p
+        return self._producer
+
+    async def publish(self, records: Sequence[tuple[bytes, bytes]]) -> int:
+        producer = await self._connected()
+        futures = [await producer.send(self.topic, value=v, key=k) for k, v in records]
+        done = 0
+        for fut in futures:
+            try:
+                await fut
+            except Exception as e:
+                raise SinkUnavailableError(f"kafka send failed after {done} of {len(records)}: {e}", done) from e
+            done += 1
+        return done
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+
+Subscriber = Callable[[list[FeedbackEvent]], Awaitable[None]]
+
+
+class InProcessSink:
+    """The embedded default (no Kafka configured): hands events to in-process subscribers."""
+
+    name = "in-process"
+
+    def __init__(self) -> None:
+        self.subscribers: list[Subscriber] = []
+
+    async def publish(self, records: Sequence[tuple[bytes, bytes]]) -> int:
+        events = [FeedbackEvent.model_validate_json(v) for _, v in records]
+        for s in self.subscribers:
+            await s(events)
+        return len(records)
+
+    async def close(self) -> None:
+        return None
+
+
+class Forwarder:
+    """Drains the spool into the sink in order; one instance per spool."""
+
+    def __init__(self, spool: Spool, sink: EventSink, metrics: Metrics, batch: int = 500) -> None:
+        self.spool, self.sink, self.metrics, self.batch = spool, sink, metrics, batch
+        self.healthy = True
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        # catching up a backlog (after an outage, or left by a previous process): counted as replayed
+        self._replaying = spool.pending > 0
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    async def wait_published(self, pos: Position, timeout: float) -> bool:
+        """Wait until everything up to `pos` is published, at most `timeout` seconds."""
+        with anyio.move_on_after(timeout):
+            async with self._progress:
+                await self._progress.wait_for(lambda: self.spool.committed >= pos)
+        return self.spool.committed >= pos
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            records = await anyio.to_thread.run_sync(self.spool.read, self.spool.committed, self.batch)
+            if not records:
+                self._wake.clear()
+                with anyio.move_on_after(1.0):
+                    await self._wake.wait()
+                continue
+            if await self._send(records):
+                backoff = 0.1
+            else:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _send(self, records: list[Record]) -> bool:
+        payloads = [(FeedbackEvent.model_validate_json(r.line).user_id.encode(), r.line) for r in records]
+        done, ok = 0, True
+        try:
+            done = await self.sink.publish(payloads)
+        except SinkUnavailableError as e:
+            done, ok = e.acked, False
+            if self.healthy:
+                log.warning("event_sink_down", sink=self.sink.name, error=str(e))
+            self.metrics.feedback_sink_errors.inc()
+            self._replaying = True
+        if done:
+            await anyio.to_thread.run_sync(self.spool.commit, records[done - 1].end, done)
+            self.metrics.feedback_published.inc(done)
+            if self._replaying:
+                self.metrics.feedback_replayed.inc(done)
+            async with self._progress:
+                self._progress.notify_all()
+        self._replaying = self._replaying and (not ok or self.spool.pending > 0)
+        if ok and not self.healthy:
+            log.info("event_sink_up", sink=self.sink.name)
+        self.healthy = ok
+        self.metrics.feedback_sink_up.set(1 if ok else 0)
+        self.metrics.feedback_spool_pending.set(self.spool.pending)
+        return ok
+
+
+class EventIdDeduper(Protocol):
+    async def claim(self, ids: Sequence[str]) -> list[bool]:
+        """True for ids seen for the first time (now claimed), False for duplicates."""
+        ...
+
+    async def release(self, ids: Sequence[str]) -> None: ...
+
+
+class MemoryDeduper:
+    def __init__(self, capacity: int = 1_000_000) -> None:
+        self.capacity = capacity
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    async def claim(self, ids: Sequence[str]) -> list[bool]:
+        out = []
+        for i in ids:
+            out.append(i not in self._seen)
+            self._seen[i] = None
+            self._seen.move_to_end(i)
+        while len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        return out
+
+    async def release(self, ids: Sequence[str]) -> None:
+        for i in ids:
+            self._seen.pop(i, None)
+
+
+class RedisDeduper:
+    """SET NX with a TTL per event id: shared by service replicas. If Redis fails, falls back to
+    in-process memory (dedupe within this process only) rather than refusing feedback."""
+
+    def __init__(self, redis: Redis, prefix: str, ttl_s: int, metrics: Metrics) -> None:
+        self.redis, self.prefix, self.ttl, self.metrics = redis, prefix, ttl_s, metrics
+        self.fallback = MemoryDeduper()
+
+    async def claim(self, ids: Sequence[str]) -> list[bool]:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in ids:
+                    pipe.set(self.prefix + i, 1, nx=True, ex=self.ttl)
+                return [bool(x) for x in await pipe.execute()]
+        except Exception as e:  # redis down: degrade, do not drop feedback
+            self.metrics.dependency_errors.labels("redis").inc()
+            log.warning("dedupe_degraded", error=str(e))
+            return await self.fallback.claim(ids)
+
+    async def release(self, ids: Sequence[str]) -> None:
+        await self.fallback.release(ids)
+        try:
+            await self.redis.delete(*(self.prefix + i for i in ids))
+        except Exception:  # best effort: a claimed id that never landed only blocks a retry for the TTL
+            self.metrics.dependency_errors.labels("redis").inc()
+
+
+@dataclass(frozen=True)
+class Receipt:
+    accepted: int
+    duplicates: int
+    published: bool  # all accepted events acknowledged by the sink when the answer was sent
+
+
+class FeedbackIngest:
+    def __init__(self, spool: Spool, forwarder: Forwarder, deduper: EventIdDeduper, history: HistoryStore,
+                 metrics: Metrics, ack_wait_s: float = 0.25) -> None:  # fmt: skip
+        self.spool, self.forwarder, self.deduper, self.history = spool, forwarder, deduper, history
+        self.metrics, self.ack_wait_s = metrics, ack_wait_s
+
+    async def ingest(self, events: Sequence[FeedbackEvent]) -> Receipt:
+        now = int(time.time())
+        events = [e if e.timestamp else e.model_copy(update={"timestamp": now}) for e in events]
+        first = _first_in_request(events)
+        claimed = await self.deduper.claim([e.event_id for e, f in zip(events, first, strict=True) if f])
+        it = iter(claimed)
+        fresh = [e for e, f in zip(events, first, strict=True) if f and next(it)]
+        self.metrics.feedback_duplicates.inc(len(events) - len(fresh))
+        if not fresh:
+            return Receipt(0, len(events), True)
+        try:
+            pos = await anyio.to_thread.run_sync(self.spool.append, [e.model_dump_json().encode() for e in fresh])
+        except Exception:
+            await self.deduper.release([e.event_id for e in fresh])
+            raise
+        self.forwarder.notify()
+        self.metrics.feedback_accepted.inc(len(fresh))
+        self.metrics.feedback_spool_pending.set(self.spool.pending)
+        await self._append_history(fresh)
+        published = self.forwarder.healthy and await self.forwarder.wait_published(pos, self.ack_wait_s)
+        if not published:
+            self.metrics.feedback_spooled.inc(len(fresh))
+        return Receipt(len(fresh), len(events) - len(fresh), published)
+
+    async def _append_history(self, events: Sequence[FeedbackEvent]) -> None:
+        by_user: dict[str, list[tuple[str, int]]] = {}
+        for e in events:
+            if e.is_positive:
+                by_user.setdefault(e.user_id, []).append((e.item_id, e.timestamp))
+        try:
+            for user, entries in by_user.items():
+                await self.history.append(user, entries)
+        except Exception as e:  # the events are durable; only the next answer's freshness degrades
+            self.metrics.dependency_errors.labels("history").inc()
+            log.warning("history_append_failed", error=str(e))
+
+
+def _first_in_request(events: Sequence[FeedbackEvent]) -> list[bool]:
+    seen: set[str] = set()
+    out = []
+    for e in events:
+        out.append(e.event_id not in seen)
+        seen.add(e.event_id)
+    return out

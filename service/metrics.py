@@ -1,0 +1,55 @@
+"""The service's Prometheus metrics: `recsys_*` names, base units, no user or item id labels. One
+registry per app (tests build many apps in one process; a global registry would reject the second)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# request latency: fine below 20 ms (the target), coarse above
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("recsys_http_requests_total", "HTTP requests by endpoint and status",
+                                ["endpoint", "method", "status"], registry=r)  # fmt: skip
+        self.latency = Histogram("recsys_http_request_duration_seconds", "Whole-request latency",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.stage = Histogram("recsys_recommend_stage_duration_seconds", "Latency of each /recommend stage",
+                               ["stage"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.explainer_latency = Histogram("recsys_explainer_duration_seconds", "Wording latency per request",
+                                           ["backend"], buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.explainer_fallbacks = Counter("recsys_explainer_fallbacks_total",
+                                           "LLM explanations replaced by the template text",
+                                           ["backend", "reason"], registry=r)  # fmt: skip
+        self.cold_start = Counter("recsys_cold_start_total", "Cold-start lists served", registry=r)
+        self.recommended_popularity = Gauge("recsys_recommended_popularity",
+                                            "Mean training popularity of the last list served", registry=r)  # fmt: skip
+        self.recommended_diversity = Gauge("recsys_recommended_diversity",
+                                           "Intra-list diversity (1 - mean cosine) of the last list served",
+                                           registry=r)  # fmt: skip
+        self.recommended_items = Counter("recsys_recommended_items_total", "Items recommended", registry=r)
+        self.feedback_accepted = Counter("recsys_feedback_accepted_total", "Feedback events accepted (durable)",
+                                         registry=r)  # fmt: skip
+        self.feedback_duplicates = Counter("recsys_feedback_duplicates_total",
+                                           "Feedback events dropped as already accepted", registry=r)  # fmt: skip
+        self.feedback_spooled = Counter("recsys_feedback_spooled_total",
+                                        "Events answered while still waiting in the spool", registry=r)  # fmt: skip
+        self.feedback_published = Counter("recsys_feedback_published_total", "Events acknowledged by the sink",
+                                          registry=r)  # fmt: skip
+        self.feedback_replayed = Counter("recsys_feedback_replayed_total",
+                                         "Events published while catching up a backlog", registry=r)  # fmt: skip
+        self.feedback_sink_errors = Counter("recsys_feedback_sink_errors_total", "Failed sink publishes",
+                                            registry=r)  # fmt: skip
+        self.feedback_spool_pending = Gauge("recsys_feedback_spool_pending", "Events in the spool not yet published",
+                                            registry=r)  # fmt: skip
+        self.feedback_sink_up = Gauge("recsys_feedback_sink_up", "1 while the event sink acknowledges", registry=r)
+        self.dependency_errors = Counter("recsys_dependency_errors_total", "Failures of Redis, history or index",
+                                         ["dependency"], registry=r)  # fmt: skip
+        self.adapter_version = Gauge("recsys_adapter_version", "Adapter version being served", registry=r)
+        self.adapter_swaps = Counter("recsys_adapter_swaps_total", "Adapter hot swaps", registry=r)
+        self.adapter_rejections = Counter("recsys_adapter_rejections_total", "Adapters refused, by reason",
+                                          ["reason"], registry=r)  # fmt: skip
+        self.items_upserted = Counter("recsys_items_upserted_total", "Items added through POST /items", registry=r)
+        self.feedback_sink_up.set(1)
