@@ -49,6 +49,7 @@ class ExplainSettings(BaseModel):
     backend: Literal["template", "openai", "llama-cpp"] = "template"
     base_url: str = "http://127.0.0.1:8080/v1"  # vLLM or llama.cpp server (OpenAI-compatible)
     model: str = "gemma3-270m"
+    mode: Literal["chat", "completions"] = "completions"  # chat for instruction-tuned models
     api_key: SecretStr | None = None
     timeout_s: float = Field(2.0, gt=0, le=60)
     max_tokens: int = Field(60, ge=8, le=512)  # per item

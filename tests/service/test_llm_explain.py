@@ -1,0 +1,140 @@
+"""LLM wording: the faithfulness check, and the OpenAI-compatible path against a real llama.cpp server
+running the bundled Gemma 3 270M (no mocked responses), plus in-process llama.cpp, timeouts and a
+backend that is down."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from service.explain import Evidence, Reason, ToWord, template_text
+from service.llm_explain import (
+    FaithfulnessCheck,
+    LlamaCppWording,
+    LLMExplainer,
+    OpenAICompatWording,
+    bundled_gguf,
+    few_shot_prompt,
+    parse,
+)
+from service.metrics import Metrics
+from service.settings import ExplainSettings, Settings
+from tests.service.conftest import serve, with_
+
+ITEMS = [
+    ToWord("Toy Story (1995)", ("Animation", "Comedy"),
+           Reason("preference", 0.4, (Evidence("aspect", "Comedy", "Comedy", 0.31),))),
+    ToWord("Heat (1995)", ("Action", "Crime"),
+           Reason("similarity", 0.8, (Evidence("item", "6", "Casino (1995)", 0.9),))),
+    ToWord("Fargo (1996)", ("Crime", "Drama"), Reason("context", 0.6, (
+        Evidence("context", "c", "In 2015, 40 users rated Fargo (1996) 4.2 out of 5 on average.", 0.7),))),
+]  # fmt: skip
+CHECK = FaithfulnessCheck(["Toy Story (1995)", "Heat (1995)", "Fargo (1996)", "Casino (1995)", "Jumanji (1995)"],
+                          ["Animation", "Comedy", "Action", "Crime", "Drama", "Horror"])  # fmt: skip
+
+
+def test_the_check_accepts_grounded_text_and_names_what_is_not() -> None:
+    for it in ITEMS:
+        assert CHECK.violation(template_text(it.title, it.reason), it) is None
+    toy, heat, fargo = ITEMS
+    assert CHECK.violation("Toy Story (1995) has Comedy, which you love.", toy) is None
+    assert CHECK.violation("Toy Story (1995) is 80% Comedy.", toy) == "number 80"
+    assert CHECK.violation("Toy Story (1995) is a Horror classic.", toy) == "genre horror"
+    assert CHECK.violation("Like Jumanji (1995), Heat (1995) thrills.", heat) == "title jumanji"
+    assert CHECK.violation("In 2016, 40 users rated Fargo (1996) 4.2.", fargo) == "number 2016"
+
+
+def test_numbered_lines_parse_by_number() -> None:
+    assert parse("2. second\nnoise\n1) first\n2. again", 3) == ["first", "second", None]
+    assert "Note: Heat (1995) is close to Casino (1995)" in few_shot_prompt(ITEMS[1])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    pytest.importorskip("llama_cpp", reason="the [llm] extra (part of [dev]) is not installed")
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()), "--port", str(port),
+                          "--n_ctx", "4096", "--n_threads", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("llama.cpp server did not start")
+        yield url
+    finally:
+        p.kill()
+        p.wait()
+
+
+def _fallbacks(m: Metrics, backend: str, reason: str) -> float:
+    return (
+        m.registry.get_sample_value("recsys_explainer_fallbacks_total", {"backend": backend, "reason": reason}) or 0.0
+    )
+
+
+@pytest.mark.anyio
+async def test_llama_cpp_server_words_every_item_or_falls_back_faithfully(llama_server: str) -> None:
+    m = Metrics()
+    wording = OpenAICompatWording(llama_server, "gemma", None, 60, "completions")
+    lines = await wording(ITEMS, 50)
+    assert all(lines)  # the model answered for every item
+    assert not wording.lists_ok  # llama-cpp-python's server refuses prompt lists: one call per item
+    explainer = LLMExplainer("openai", wording, CHECK, m, 60, 50, wording.http.aclose)
+    texts = await explainer.word(ITEMS)
+    await explainer.close()
+    llm_kept = [t for t, line in zip(texts, lines, strict=True) if t == line]
+    assert all(CHECK.violation(t, it) is None for t, it in zip(texts, ITEMS, strict=True))
+    assert len(llm_kept) + _fallbacks(m, "openai", "unfaithful") == len(ITEMS)
+
+
+@pytest.mark.anyio
+async def test_a_slow_or_down_backend_answers_with_templates(llama_server: str) -> None:
+    m = Metrics()
+    slow = OpenAICompatWording(llama_server, "gemma", None, 60, "completions")
+    texts = await LLMExplainer("openai", slow, CHECK, m, 0.01, 50).word(ITEMS)
+    assert texts == [template_text(it.title, it.reason) for it in ITEMS]
+    assert _fallbacks(m, "openai", "timeout") == 3
+    down = OpenAICompatWording(f"http://127.0.0.1:{_free_port()}/v1", "gemma", None, 1, "chat")
+    assert await LLMExplainer("openai", down, CHECK, m, 2, 50).word(ITEMS[:1]) == [
+        template_text(ITEMS[0].title, ITEMS[0].reason)
+    ]
+    assert _fallbacks(m, "openai", "error") == 1
+
+
+@pytest.mark.anyio
+async def test_in_process_llama_cpp_words_items() -> None:
+    pytest.importorskip("llama_cpp", reason="the [llm] extra (part of [dev]) is not installed")
+    lines = await LlamaCppWording(bundled_gguf())(ITEMS[2:], 50)
+    assert lines[0]
+    assert "Fargo (1996)" in lines[0]
+
+
+@pytest.mark.anyio
+async def test_recommend_with_the_llm_explainer(settings: Settings, llama_server: str) -> None:
+    s = with_(settings, explain=ExplainSettings(backend="openai", base_url=llama_server, timeout_s=60))
+    async with serve(s) as (client, app):
+        r = await client.post("/recommend", json={"user_id": "u1", "k": 3})
+        assert r.status_code == 200
+        items = r.json()["items"]
+        assert all(it["explanation"]["text"] for it in items)
+        m: Metrics = app.state.metrics
+        assert m.registry.get_sample_value("recsys_explainer_duration_seconds_count", {"backend": "openai"}) == 1
+        ready = (await client.get("/readyz")).json()
+        assert ready["dependencies"]["explainer"] == "openai"
