@@ -65,8 +65,9 @@ def _free_port() -> int:
 def llama_server() -> Iterator[str]:
     pytest.importorskip("llama_cpp", reason="the [llm] extra (part of [dev]) is not installed")
     port = _free_port()
-    p = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()), "--port", str(port),
-                          "--n_ctx", "4096", "--n_threads", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()), "--port", str(port),
+           "--n_ctx", "4096", "--n_threads", "2"]  # fmt: skip
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         for _ in range(300):
