@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import uvicorn
+from fastapi import FastAPI
 
 from models.data import RecDataset
 from recdata import CONVERTERS, DatasetError, convert, load_dataset
 from retrieval.catalog import build_item_index
 from retrieval.context import build_context_index, build_entries
 from retrieval.engines import make_engine
+from service.app import create_app
+from service.settings import Settings
 from training.ablation import VARIANTS, run_ablation
 from training.evaluate import PROTOCOLS, EvalContext, evaluate
 from training.experiment import (
@@ -245,3 +250,37 @@ def index_build(
         entries = build_entries(ck.data)
         ctx = build_context_index(engine, entries, lambda texts: embed_texts(texts, cache_dir))
         typer.echo(f"context: {ctx.count()} entries published")
+
+
+@app.command("serve")
+def serve_cmd(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    train_if_missing: Annotated[bool, typer.Option(help="Train a model on the bundled dataset if none exists.")] = True,
+    time_budget: Annotated[float, typer.Option(help="Training seconds when a model must be trained first.")] = 300,
+) -> None:
+    """Run the REST service on the settings from the environment (RECSYS_...). With the embedded
+    defaults it trains a model on the bundled MovieLens first if there is none, then builds the index."""
+    settings = Settings()
+    if not (settings.model_dir / "model.safetensors").is_file():
+        if not train_if_missing:
+            raise _fail(f"no checkpoint at {settings.model_dir}")
+        typer.echo(f"no model at {settings.model_dir}: training one on ml-latest-small (at most {time_budget:.0f} s)")
+        train_cmd(out=settings.model_dir, time_budget=time_budget, cache_dir=settings.cache_dir)
+    asyncio.run(_serve_and_announce(create_app(settings), host, port))
+
+
+async def _serve_and_announce(app: FastAPI, host: str, port: int) -> None:
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.1)
+    if server.started:
+        user = app.state.components.checkpoint.data.user_ids[0]
+        base = f"http://{host}:{port}"
+        typer.echo(f"serving on {base} (metrics at {base}/metrics); try:\n"
+                   f"  curl -s {base}/recommend -H 'content-type: application/json' "
+                   f"""-d '{{"user_id": "{user}", "k": 5}}'\n"""
+                   f"  curl -s {base}/feedback -H 'content-type: application/json' "
+                   f"""-d '{{"events": [{{"user_id": "{user}", "item_id": "1", "type": "like"}}]}}'""")  # fmt: skip
+    await task

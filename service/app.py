@@ -30,7 +30,8 @@ from service.feedback import (
     MemoryDeduper,
     RedisDeduper,
 )
-from service.llm_explain import make_explainer
+from service.llm_explain import bundled_gguf, make_explainer
+from service.llm_rerank import LlamaCppReranker, Reranker
 from service.metrics import Metrics
 from service.middleware import RequestContext
 from service.recommender import Query, Recommender, Result, unit_rows
@@ -133,6 +134,10 @@ def _observe(m: Metrics, c: Components, r: Result) -> None:
         m.recommended_diversity.set(1.0 - float(((unit @ unit.T).sum() - n) / (n * (n - 1))))
 
 
+def _reranker(settings: Settings) -> Reranker:
+    return LlamaCppReranker(settings.rerank.gguf_path or bundled_gguf())
+
+
 def _sink(settings: Settings) -> EventSink:
     k = settings.kafka
     if k.bootstrap_servers:
@@ -156,7 +161,8 @@ def create_app(settings: Settings | None = None, components: Components | None =
         f = settings.feedback
         deduper = RedisDeduper(c.redis, f.dedupe_prefix, f.dedupe_ttl_s, metrics) if c.redis else MemoryDeduper()
         app.state.components, app.state.sink, app.state.forwarder = c, sink, forwarder
-        app.state.recommender = Recommender(c, explainer)
+        reranker = await anyio.to_thread.run_sync(_reranker, settings) if settings.rerank.enabled else None
+        app.state.recommender = Recommender(c, explainer, reranker=reranker, rerank_pool=settings.rerank.pool)
         app.state.feedback = FeedbackIngest(spool, forwarder, deduper, c.history, metrics, f.ack_wait_s)
         app.state.items_lock = asyncio.Lock()
         task = asyncio.create_task(forwarder.run())

@@ -30,6 +30,7 @@ from service.explain import (
     preference_reason,
     similarity_reason,
 )
+from service.llm_rerank import Reranker, promote
 
 log = structlog.get_logger()
 
@@ -70,8 +71,10 @@ class Result:
 
 
 class Recommender:
-    def __init__(self, c: Components, explainer: Explainer, mmr_pool: int = 4) -> None:
+    def __init__(self, c: Components, explainer: Explainer, mmr_pool: int = 4, reranker: Reranker | None = None,
+                 rerank_pool: int = 20) -> None:  # fmt: skip
         self.c, self.explainer, self.mmr_pool = c, explainer, mmr_pool
+        self.reranker, self.rerank_pool = reranker, rerank_pool
         self._cold_query = c.vectors[:, :-1].mean(0)
 
     async def recommend(self, q: Query) -> Result:
@@ -106,10 +109,17 @@ class Recommender:
             excluded.update(history)
         f = Filters(q.categories, q.year_min, q.year_max, frozenset(excluded))
         pool = q.k * self.mmr_pool if q.diversity > 0 else q.k
+        if self.reranker is not None and history:
+            pool = max(pool, self.rerank_pool)
         hits = self.c.items.search(query_vector(user, gamma), pool, f)
         stages["retrieval"] = time.perf_counter() - t
         t = time.perf_counter()
-        hits = self._mmr(hits, q.k, q.diversity) if q.diversity > 0 else hits
+        if self.reranker is not None and history and hits:
+            chosen = self.reranker.choose(
+                [self.c.titles[i] for i in history[-10:]], [self.c.titles[h.id] for h in hits]
+            )
+            hits = [hits[i] for i in promote(list(range(len(hits))), chosen)]
+        hits = self._mmr(hits, q.k, q.diversity) if q.diversity > 0 else hits[: q.k]
         stages["rerank"] = time.perf_counter() - t
         return hits
 

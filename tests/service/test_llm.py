@@ -1,6 +1,6 @@
-"""LLM wording: the faithfulness check, and the OpenAI-compatible path against a real llama.cpp server
-running the bundled Gemma 3 270M (no mocked responses), plus in-process llama.cpp, timeouts and a
-backend that is down."""
+"""The LLM parts, with the bundled Gemma 3 270M and no mocked responses: wording through a real
+llama.cpp server (OpenAI-compatible) and in process, the faithfulness check, timeouts and a backend
+that is down; the constrained-choice re-rank."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from service.llm_explain import (
     few_shot_prompt,
     parse,
 )
+from service.llm_rerank import LlamaCppReranker, choice_grammar, promote
 from service.metrics import Metrics
-from service.settings import ExplainSettings, Settings
+from service.settings import ExplainSettings, RerankSettings, Settings
 from tests.service.conftest import serve, with_
 
 ITEMS = [
@@ -139,3 +140,25 @@ async def test_recommend_with_the_llm_explainer(settings: Settings, llama_server
         assert m.registry.get_sample_value("recsys_explainer_duration_seconds_count", {"backend": "openai"}) == 1
         ready = (await client.get("/readyz")).json()
         assert ready["dependencies"]["explainer"] == "openai"
+
+
+def test_llm_rerank_answers_one_of_the_candidates() -> None:
+    pytest.importorskip("llama_cpp", reason="the [llm] extra (part of [dev]) is not installed")
+    assert choice_grammar(3) == 'root ::= "1" | "2" | "3"'
+    reranker = LlamaCppReranker(bundled_gguf())
+    candidates = ["Heat (1995)", "Casino (1995)", "Toy Story (1995)", "Fargo (1996)", "Jumanji (1995)", "Se7en (1995)"]
+    for history in (["Goodfellas (1990)"], ["Aladdin (1992)", "The Lion King (1994)"], []):
+        assert 0 <= reranker.choose(history, candidates) < len(candidates)
+    assert promote([7, 8, 9, 10], 2) == [9, 7, 8, 10]
+
+
+@pytest.mark.anyio
+async def test_recommend_with_the_llm_rerank_promotes_one_model_candidate(settings: Settings) -> None:
+    pytest.importorskip("llama_cpp", reason="the [llm] extra (part of [dev]) is not installed")
+    body = {"user_id": "u1", "k": 5, "explain": False}
+    async with serve(settings) as (client, _):
+        pool = [it["item_id"] for it in (await client.post("/recommend", json={**body, "k": 20})).json()["items"]]
+    async with serve(with_(settings, rerank=RerankSettings(enabled=True, pool=20))) as (client, _):
+        got = [it["item_id"] for it in (await client.post("/recommend", json=body)).json()["items"]]
+    assert got[0] in pool
+    assert got[1:] == [i for i in pool if i != got[0]][:4]  # the rest keep the model's order
