@@ -124,6 +124,25 @@ def load_table(url: str, users: list[str], levels: list[int], seconds: int) -> t
     return rows, split
 
 
+def uncached_user_encoding(model: Path, users: int = 200) -> str:
+    """The generative user model over a full history, as on a cache miss (after feedback): in process."""
+    import numpy as np
+    import torch
+
+    from retrieval.catalog import user_vector
+    from training.experiment import open_checkpoint
+
+    torch.set_num_threads(1)
+    ck = open_checkpoint(model, ROOT / ".cache/text-embeddings")
+    seqs = list(ck.train.sequences().values())[:users]
+    times = []
+    for s in seqs:
+        t = time.perf_counter()
+        user_vector(ck.model, s[-200:].tolist())
+        times.append(1000 * (time.perf_counter() - t))
+    return f"p50 {np.median(times):.2f} ms, p99 {np.percentile(times, 99):.2f} ms over {len(seqs)} users"
+
+
 def llm_added_latency(model: Path, port: int, users: list[str], n: int) -> str:
     """Sequential requests with template vs in-process llama.cpp wording: the added milliseconds."""
     out = []
@@ -170,7 +189,11 @@ def main() -> None:
             f"worker (`python -m uvicorn service.app:create_app --factory`), embedded defaults, history {history}, "
             "`POST /recommend` with k = 10 and template explanations (RAG context on) for random known users; wrk "
             f"on the same 2-core machine ({args.duration} s per level).\n\n"
-            + "\n".join(head + rows) + f"\n\nMean per request at concurrency 1: {stages}.\n")  # fmt: skip
+            + "\n".join(head + rows) + f"\n\nMean per request at concurrency 1: {stages}. User vectors are cached "
+            "per exact history (they change only with feedback) and RAG entries per item for 10 minutes, so after "
+            "the warm-up these figures are cache hits; a miss (the first request after a feedback event) costs the "
+            f"user model over the history, measured in process with one thread: {uncached_user_encoding(args.model)}."
+            "\n")  # fmt: skip
     if args.llm_requests:
         body += ("\n### With the in-process llama.cpp explainer (Gemma 3 270M, 2 threads)\n\n"
                  f"{args.llm_requests} sequential requests each, k = 10 (ten wordings per request):\n\n"

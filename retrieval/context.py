@@ -156,10 +156,11 @@ class ContextStore:
     def __init__(self, index: VectorIndex, embed: Embed, weights: ContextWeights = ContextWeights()) -> None:
         self.index, self.embed, self.weights = index, embed, weights
 
-    def retrieve(self, query: str, k: int, items: Sequence[int] = (), t_now: int | None = None) -> list[ScoredContext]:
-        """Entries about `items` (any item if empty) for the query text, best first."""
+    def retrieve(self, query: str | np.ndarray, k: int, items: Sequence[int] = (),
+                 t_now: int | None = None) -> list[ScoredContext]:  # fmt: skip
+        """Entries about `items` (any item if empty) for the query (text, or its embedding), best first."""
         w = self.weights
-        q = self.embed([query])[0]
+        q = self.embed([query])[0] if isinstance(query, str) else query
         hits = self.index.search(q, max(k, w.candidates), Filters(item_ids=tuple(items)) if items else None)
         now = time.time() if t_now is None else t_now
         sigma = w.sigma_days * SECONDS_PER_DAY

@@ -37,6 +37,7 @@ class Components:
     titles: list[str]
     model_version: str
     engine: IndexEngine | None = None  # closed at shutdown
+    title_vectors: np.ndarray | None = None  # (N, 384) RAG queries per item, embedded once at startup
 
     async def close(self) -> None:
         if self.redis is not None:
@@ -63,6 +64,8 @@ def add_items_live(c: Components, new: Sequence[NewItem], cache_dir: Path) -> li
     ck.model.item_vectors()  # fill the model's vector cache here, not in the next request
     ids = list(range(ck.data.num_items, grown.num_items))
     vectors = index_vectors(ck.model)
+    if c.context is not None:
+        c.title_vectors = c.context.embed(list(grown.titles()))
     c.titles = list(grown.titles())
     c.aspects = [grown.aspects(i) for i in range(grown.num_items)]
     c.vectors = vectors
@@ -86,13 +89,15 @@ def build_components(settings: Settings) -> Components:
     if items is None:
         if not settings.index.build_if_missing:
             raise NotReadyError(f"no item index at {settings.index.location}; run `llm4rec index build`")
-        items = build_item_index(engine, ck.model, ck.data, ck.train.popularity(), progress=False)
+        items = build_item_index(engine, ck.model, ck.data, ck.train.popularity())  # first start: minutes, with bars
     data = ck.data
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    context = _context_store(settings, engine, ck) if settings.rag.enabled else None
     return Components(
         checkpoint=ck,
         items=items,
-        context=_context_store(settings, engine, ck) if settings.rag.enabled else None,
+        context=context,
+        title_vectors=context.embed(list(data.titles())) if context else None,
         history=RedisHistoryStore(redis, settings.history_prefix, settings.history_len)
         if redis
         else MemoryHistoryStore(settings.history_len),
@@ -107,10 +112,10 @@ def build_components(settings: Settings) -> Components:
 
 
 def _context_store(settings: Settings, engine: IndexEngine, ck: OpenedCheckpoint) -> ContextStore:
-    embed = TextEncoder(settings.cache_dir)  # in memory: explanations embed a query per item
+    embed = TextEncoder(settings.cache_dir, progress=True)  # in memory; first start embeds every entry
     index = engine.open(CONTEXT)
     if index is None:
-        index = build_context_index(engine, build_entries(ck.data), embed, progress=False)
+        index = build_context_index(engine, build_entries(ck.data), embed)
     r = settings.rag
     return ContextStore(index, embed, ContextWeights(l1=r.l1, l2=r.l2, l3=r.l3, sigma_days=r.sigma_days))
 

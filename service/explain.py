@@ -43,20 +43,23 @@ class Explanation:
     weights: dict[str, float] = field(default_factory=dict)
 
 
-def preference_reason(item_aspects: Sequence[str], history_aspects: Sequence[Sequence[str]]) -> Reason:
+def aspect_shares(history_aspects: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Each aspect's share of the user's history (eq. 19): computed once per request."""
     counts = Counter(a for aspects in history_aspects for a in aspects)
     total = max(sum(counts.values()), 1)
-    shares = sorted(((counts[a] / total, a) for a in set(item_aspects) if counts[a]), reverse=True)
-    ev = tuple(Evidence("aspect", a, a, round(s, 4)) for s, a in shares[:3])
-    return Reason("preference", float(sum(s for s, _ in shares)), ev)
+    return {a: n / total for a, n in counts.items()}
 
 
-def similarity_reason(item_vec: np.ndarray, history_vecs: np.ndarray, history_ids: Sequence[str],
-                      history_titles: Sequence[str]) -> Reason:  # fmt: skip
-    """item_vec: (D,), history_vecs: (H, D) fused vectors (no popularity coordinate)."""
+def preference_reason(item_aspects: Sequence[str], shares: dict[str, float]) -> Reason:
+    ranked = sorted(((shares[a], a) for a in set(item_aspects) if a in shares), reverse=True)
+    ev = tuple(Evidence("aspect", a, a, round(s, 4)) for s, a in ranked[:3])
+    return Reason("preference", float(sum(s for s, _ in ranked)), ev)
+
+
+def similarity_reason(cos: np.ndarray, history_ids: Sequence[str], history_titles: Sequence[str]) -> Reason:
+    """cos: (H,) cosine between the item's fused vector and each history item's (eq. 21)."""
     if len(history_ids) == 0:
         return Reason("similarity", 0.0, ())
-    cos = history_vecs @ item_vec / (np.linalg.norm(history_vecs, axis=1) * np.linalg.norm(item_vec) + 1e-9)
     top = np.argsort(-cos, kind="stable")[:2]
     ev = tuple(Evidence("item", history_ids[i], history_titles[i], round(float(cos[i]), 4)) for i in top)
     return Reason("similarity", float(max(cos[top[0]], 0.0)), ev)

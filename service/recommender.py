@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import structlog
 
 from retrieval.catalog import query_vector, user_vector
+from retrieval.context import ScoredContext
 from retrieval.index import Filters, Hit
 from service.components import Components
 from service.explain import (
@@ -25,6 +27,7 @@ from service.explain import (
     Explanation,
     Reason,
     ToWord,
+    aspect_shares,
     choose,
     context_reason,
     preference_reason,
@@ -33,6 +36,8 @@ from service.explain import (
 from service.llm_rerank import Reranker, promote
 
 log = structlog.get_logger()
+CONTEXT_TTL_S = 600.0
+USER_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ class Recommender:
                  rerank_pool: int = 20) -> None:  # fmt: skip
         self.c, self.explainer, self.mmr_pool = c, explainer, mmr_pool
         self.reranker, self.rerank_pool = reranker, rerank_pool
+        self._user_cache: OrderedDict[tuple[str, tuple[int, ...]], np.ndarray] = OrderedDict()
+        self._context_cache: OrderedDict[int, tuple[float, list[ScoredContext]]] = OrderedDict()
         self._cold_query = c.vectors[:, :-1].mean(0)
 
     async def recommend(self, q: Query) -> Result:
@@ -89,19 +96,28 @@ class Recommender:
         history = [self.c.item_index[i] for i, _ in recent if i in self.c.item_index]
         stages["history"] = time.perf_counter() - t
         gamma = self.c.learned_gamma if q.gamma is None else q.gamma
-        hits = await anyio.to_thread.run_sync(self._retrieve, q, history, gamma, stages)
+        # one worker-thread hop for all the CPU work of the request (torch and the index release the GIL)
+        hits, reasons = await anyio.to_thread.run_sync(self._retrieve_and_reason, q, history, gamma, stages)
         t = time.perf_counter()
         explanations: list[Explanation | None] = [None] * len(hits)
         if q.explain and hits:
-            explanations = list(await self._explain(q, hits, history))
-        stages["explanation"] = time.perf_counter() - t
+            explanations = list(await self._explain(q, hits, reasons))
+        stages["explanation"] += time.perf_counter() - t
         items = [Recommended(str(h.payload["item_id"]), h.score, rank, h.payload, e)
                  for rank, (h, e) in enumerate(zip(hits, explanations, strict=True), start=1)]  # fmt: skip
         return Result(uuid.uuid4().hex, self.c.model_version, not history, gamma, items, stages, degraded)
 
+    def _retrieve_and_reason(self, q: Query, history: list[int], gamma: float,
+                             stages: dict[str, float]) -> tuple[list[Hit], list[list[Reason]]]:  # fmt: skip
+        hits = self._retrieve(q, history, gamma, stages)
+        t = time.perf_counter()
+        reasons = self._reasons(q, hits, history) if q.explain and hits else []
+        stages["explanation"] = time.perf_counter() - t
+        return hits, reasons
+
     def _retrieve(self, q: Query, history: list[int], gamma: float, stages: dict[str, float]) -> list[Hit]:
         t = time.perf_counter()
-        user = user_vector(self.c.checkpoint.model, history) if history else self._cold_query
+        user = self._user_vector(q.user_id, history) if history else self._cold_query
         stages["user_encoding"] = time.perf_counter() - t
         t = time.perf_counter()
         excluded = {self.c.item_index[i] for i in q.exclude_item_ids if i in self.c.item_index}
@@ -123,6 +139,20 @@ class Recommender:
         stages["rerank"] = time.perf_counter() - t
         return hits
 
+    def _user_vector(self, user_id: str, history: list[int]) -> np.ndarray:
+        """The generative user model's state, cached per exact history: it changes only with feedback,
+        and a user asks for recommendations many times between two events."""
+        key = (user_id, tuple(history))
+        cached = self._user_cache.get(key)
+        if cached is not None:
+            self._user_cache.move_to_end(key)
+            return cached
+        vec = user_vector(self.c.checkpoint.model, history)
+        self._user_cache[key] = vec
+        if len(self._user_cache) > USER_CACHE_SIZE:
+            self._user_cache.popitem(last=False)
+        return vec
+
     def _mmr(self, hits: list[Hit], k: int, lam: float) -> list[Hit]:
         """Maximal marginal relevance (Carbonell & Goldstein 1998) over fused-vector cosine."""
         if not hits:
@@ -139,8 +169,7 @@ class Recommender:
             rest.remove(best)
         return [hits[i] for i in chosen]
 
-    async def _explain(self, q: Query, hits: list[Hit], history: list[int]) -> list[Explanation]:
-        reasons = await anyio.to_thread.run_sync(self._reasons, q, hits, history)
+    async def _explain(self, q: Query, hits: list[Hit], reasons: list[list[Reason]]) -> list[Explanation]:
         chosen = [choose(r) for r in reasons]
         texts = await self.explainer.word(
             [ToWord(self.c.titles[h.id], self.c.aspects[h.id], r) for h, r in zip(hits, chosen, strict=True)]
@@ -149,24 +178,39 @@ class Recommender:
                 for ch, text, rs in zip(chosen, texts, reasons, strict=True)]  # fmt: skip
 
     def _reasons(self, q: Query, hits: list[Hit], history: list[int]) -> list[list[Reason]]:
-        """Eq. 19-24 for every recommended item, in one worker-thread hop."""
+        """Eq. 19-24 for every recommended item at once."""
         c = self.c
         recent = history[-50:]  # the evidence a reader can check: the newest part of the history
-        recent_aspects = [c.aspects[i] for i in recent]
-        recent_ids = [c.checkpoint.data.item_ids[i] for i in recent]
-        recent_titles = [c.titles[i] for i in recent]
+        shares = aspect_shares([c.aspects[i] for i in recent])
+        ids = [c.checkpoint.data.item_ids[i] for i in recent]
+        titles = [c.titles[i] for i in recent]
+        cos = unit_rows(c.vectors[[h.id for h in hits], :-1]) @ unit_rows(c.vectors[recent, :-1]).T  # (K, H)
+        w = c.context.weights if c.context is not None else None
         out = []
-        for h in hits:
-            reasons = [
-                preference_reason(c.aspects[h.id], recent_aspects),
-                similarity_reason(c.vectors[h.id, :-1], c.vectors[recent, :-1], recent_ids, recent_titles),
-            ]
-            if c.context is not None:
-                w = c.context.weights
-                entries = c.context.retrieve(c.titles[h.id], k=3, items=[h.id], t_now=q.timestamp)
-                reasons.append(context_reason(entries, w.l1 + w.l2 + w.l3))
+        for row, h in enumerate(hits):
+            reasons = [preference_reason(c.aspects[h.id], shares), similarity_reason(cos[row], ids, titles)]
+            if w is not None:
+                reasons.append(context_reason(self._context(h.id, q.timestamp), w.l1 + w.l2 + w.l3))
             out.append(reasons)
         return out
+
+    def _context(self, item: int, t_now: int | None) -> list[ScoredContext]:
+        """RAG entries about one item. They do not depend on the user, so answers at the current time
+        are cached for CONTEXT_TTL_S (their temporal term moves by days, not seconds)."""
+        c = self.c
+        assert c.context is not None
+        query = c.titles[item] if c.title_vectors is None or item >= len(c.title_vectors) else c.title_vectors[item]
+        if t_now is not None:
+            return c.context.retrieve(query, k=3, items=[item], t_now=t_now)
+        now = time.monotonic()
+        hit = self._context_cache.get(item)
+        if hit is not None and now - hit[0] < CONTEXT_TTL_S:
+            return hit[1]
+        entries = c.context.retrieve(query, k=3, items=[item])
+        self._context_cache[item] = (now, entries)
+        if len(self._context_cache) > 100_000:
+            self._context_cache.popitem(last=False)
+        return entries
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
