@@ -18,8 +18,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore
 from common.events import ID_PATTERN, MAX_TIMESTAMP, FeedbackEvent
+from models.adapter import ServingAdapter
 from retrieval.catalog import NewItem
+from service.adapters import AdapterWatcher
 from service.components import Components, add_items_live, build_components, dataset_histories
 from service.feedback import (
     EventSink,
@@ -100,7 +103,7 @@ class ItemsIn(Strict):
     items: list[ItemIn] = Field(min_length=1, max_length=1000)
 
 
-def _result_json(r: Result, adapter_version: int) -> dict[str, Any]:
+def _result_json(r: Result) -> dict[str, Any]:
     items = []
     for it in r.items:
         p = it.payload
@@ -113,7 +116,7 @@ def _result_json(r: Result, adapter_version: int) -> dict[str, Any]:
             out["explanation"] = {"type": e.type, "text": e.text, "weights": e.weights,
                                   "evidence": [vars(x) for x in e.evidence]}  # fmt: skip
         items.append(out)
-    return {"request_id": r.request_id, "model_version": r.model_version, "adapter_version": adapter_version,
+    return {"request_id": r.request_id, "model_version": r.model_version, "adapter_version": r.adapter_version,
             "cold_start": r.cold_start, "degraded": r.degraded, "gamma": r.gamma, "items": items}  # fmt: skip
 
 
@@ -145,7 +148,20 @@ def _sink(settings: Settings) -> EventSink:
     return InProcessSink()
 
 
-def create_app(settings: Settings | None = None, components: Components | None = None) -> FastAPI:
+def _adapter_watcher(settings: Settings, c: Components, store: AdapterStore | None, metrics: Metrics) -> AdapterWatcher:
+    a = settings.adapter
+    if store is None:
+        store = RedisAdapterStore(c.redis, a.prefix) if c.redis is not None else MemoryAdapterStore()
+    model = c.checkpoint.model
+    shapes = ServingAdapter.shapes(model.config.fusion.dim, int(model.log_pop.shape[0]), a.rank)
+    key = a.signing_key.get_secret_value().encode() if a.signing_key else None
+    return AdapterWatcher(store, key, c.model_version, shapes, metrics, a.poll_s)
+
+
+def create_app(settings: Settings | None = None, components: Components | None = None,
+               adapter_store: AdapterStore | None = None) -> FastAPI:  # fmt: skip
+    """adapter_store: where adapters come from; default Redis when configured, else an in-process
+    store (the embedded learner publishes into the one it is given)."""
     settings = settings or Settings()
     metrics = Metrics()
     key = settings.api.key.get_secret_value().encode() if settings.api.key else None
@@ -162,16 +178,22 @@ def create_app(settings: Settings | None = None, components: Components | None =
         deduper = RedisDeduper(c.redis, f.dedupe_prefix, f.dedupe_ttl_s, metrics) if c.redis else MemoryDeduper()
         app.state.components, app.state.sink, app.state.forwarder = c, sink, forwarder
         reranker = await anyio.to_thread.run_sync(_reranker, settings) if settings.rerank.enabled else None
-        app.state.recommender = Recommender(c, explainer, reranker=reranker, rerank_pool=settings.rerank.pool)
+        watcher = _adapter_watcher(settings, c, adapter_store, metrics)
+        await watcher.refresh()
+        app.state.adapters = watcher
+        app.state.recommender = Recommender(c, explainer, reranker=reranker, rerank_pool=settings.rerank.pool,
+                                            adapters=watcher)  # fmt: skip
         app.state.feedback = FeedbackIngest(spool, forwarder, deduper, c.history, metrics, f.ack_wait_s)
         app.state.items_lock = asyncio.Lock()
-        task = asyncio.create_task(forwarder.run())
+        tasks = [asyncio.create_task(forwarder.run()),
+                 asyncio.create_task(watcher.run(c.redis, settings.adapter.prefix))]  # fmt: skip
         log.info("service_started", model_version=c.model_version, items=c.items.count(), users_seeded=seeded,
                  sink=sink.name, spool_pending=spool.pending, explainer=explainer.name)  # fmt: skip
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await sink.close()
         await explainer.close()
         await c.close()
@@ -199,7 +221,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     async def recommend(body: RecommendIn, request: Request) -> dict[str, Any]:
         result = await request.app.state.recommender.recommend(body.to_query())
         _observe(metrics, request.app.state.components, result)
-        return _result_json(result, adapter_version=0)
+        return _result_json(result)
 
     @app.post("/feedback", status_code=202, dependencies=write)
     async def feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
@@ -238,6 +260,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
             fw: Forwarder = request.app.state.forwarder
             deps["events"] = f"{fw.sink.name} {'ok' if fw.healthy else 'unreachable'}, {fw.spool.pending} spooled"
             deps["explainer"] = request.app.state.recommender.explainer.name
+            deps["adapter"] = f"version {request.app.state.adapters.current.version}"
         # Kafka down does not make the service unready: feedback spools and recommendations still work
         ready = c is not None and deps.get("history") != "unreachable"
         response.status_code = 200 if ready else 503

@@ -18,9 +18,11 @@ import anyio
 import numpy as np
 import structlog
 
+from models.adapter import AdapterView
 from retrieval.catalog import query_vector, user_vector
 from retrieval.context import ScoredContext
 from retrieval.index import Filters, Hit
+from service.adapters import AdapterWatcher
 from service.components import Components
 from service.explain import (
     Explainer,
@@ -73,12 +75,13 @@ class Result:
     items: list[Recommended]
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
     degraded: bool = False  # a dependency failed and the answer is less personal than it should be
+    adapter_version: int = 0
 
 
 class Recommender:
     def __init__(self, c: Components, explainer: Explainer, mmr_pool: int = 4, reranker: Reranker | None = None,
-                 rerank_pool: int = 20) -> None:  # fmt: skip
-        self.c, self.explainer, self.mmr_pool = c, explainer, mmr_pool
+                 rerank_pool: int = 20, adapters: AdapterWatcher | None = None) -> None:  # fmt: skip
+        self.c, self.explainer, self.mmr_pool, self.adapters = c, explainer, mmr_pool, adapters
         self.reranker, self.rerank_pool = reranker, rerank_pool
         self._user_cache: OrderedDict[tuple[str, tuple[int, ...]], np.ndarray] = OrderedDict()
         self._context_cache: OrderedDict[int, tuple[float, list[ScoredContext]]] = OrderedDict()
@@ -96,8 +99,9 @@ class Recommender:
         history = [self.c.item_index[i] for i, _ in recent if i in self.c.item_index]
         stages["history"] = time.perf_counter() - t
         gamma = self.c.learned_gamma if q.gamma is None else q.gamma
+        adapter = self.adapters.current if self.adapters is not None else None  # one version for the request
         # one worker-thread hop for all the CPU work of the request (torch and the index release the GIL)
-        hits, reasons = await anyio.to_thread.run_sync(self._retrieve_and_reason, q, history, gamma, stages)
+        hits, reasons = await anyio.to_thread.run_sync(self._retrieve_and_reason, q, history, gamma, adapter, stages)
         t = time.perf_counter()
         explanations: list[Explanation | None] = [None] * len(hits)
         if q.explain and hits:
@@ -105,19 +109,23 @@ class Recommender:
         stages["explanation"] += time.perf_counter() - t
         items = [Recommended(str(h.payload["item_id"]), h.score, rank, h.payload, e)
                  for rank, (h, e) in enumerate(zip(hits, explanations, strict=True), start=1)]  # fmt: skip
-        return Result(uuid.uuid4().hex, self.c.model_version, not history, gamma, items, stages, degraded)
+        version = adapter.version if adapter is not None else 0
+        return Result(uuid.uuid4().hex, self.c.model_version, not history, gamma, items, stages, degraded, version)
 
-    def _retrieve_and_reason(self, q: Query, history: list[int], gamma: float,
+    def _retrieve_and_reason(self, q: Query, history: list[int], gamma: float, adapter: AdapterView | None,
                              stages: dict[str, float]) -> tuple[list[Hit], list[list[Reason]]]:  # fmt: skip
-        hits = self._retrieve(q, history, gamma, stages)
+        hits = self._retrieve(q, history, gamma, adapter, stages)
         t = time.perf_counter()
         reasons = self._reasons(q, hits, history) if q.explain and hits else []
         stages["explanation"] = time.perf_counter() - t
         return hits, reasons
 
-    def _retrieve(self, q: Query, history: list[int], gamma: float, stages: dict[str, float]) -> list[Hit]:
+    def _retrieve(self, q: Query, history: list[int], gamma: float, adapter: AdapterView | None,
+                  stages: dict[str, float]) -> list[Hit]:  # fmt: skip
         t = time.perf_counter()
         user = self._user_vector(q.user_id, history) if history else self._cold_query
+        if adapter is not None and history:
+            user = adapter.user(user)  # the learner's low-rank correction of the user vector
         stages["user_encoding"] = time.perf_counter() - t
         t = time.perf_counter()
         excluded = {self.c.item_index[i] for i in q.exclude_item_ids if i in self.c.item_index}
@@ -127,7 +135,13 @@ class Recommender:
         pool = q.k * self.mmr_pool if q.diversity > 0 else q.k
         if self.reranker is not None and history:
             pool = max(pool, self.rerank_pool)
+        biased = adapter is not None and adapter.has_bias
+        if biased:
+            pool = max(pool, 2 * q.k)  # the per-item biases may lift items from just below the cut
         hits = self.c.items.search(query_vector(user, gamma), pool, f)
+        if biased:
+            assert adapter is not None
+            hits = _with_bias(hits, adapter.item_bias)
         stages["retrieval"] = time.perf_counter() - t
         t = time.perf_counter()
         if self.reranker is not None and history and hits:
@@ -211,6 +225,12 @@ class Recommender:
         if len(self._context_cache) > 100_000:
             self._context_cache.popitem(last=False)
         return entries
+
+
+def _with_bias(hits: list[Hit], bias: np.ndarray) -> list[Hit]:
+    """The adapter's per-item score biases (items added after training have none), re-sorted."""
+    out = [Hit(h.id, h.score + (float(bias[h.id]) if h.id < len(bias) else 0.0), h.payload) for h in hits]
+    return sorted(out, key=lambda h: -h.score)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.adapter import KEY_PREFIX
 from common.events import FEEDBACK_TOPIC
 
 
@@ -62,6 +63,13 @@ class RerankSettings(BaseModel):
     gguf_path: Path | None = None
 
 
+class AdapterSettings(BaseModel):
+    signing_key: SecretStr | None = None  # HMAC key shared with the learner; unset: signatures not checked
+    prefix: str = KEY_PREFIX
+    rank: int = Field(8, ge=1, le=128)
+    poll_s: float = Field(1.0, gt=0, le=60)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore")
 
@@ -77,3 +85,4 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     explain: ExplainSettings = Field(default_factory=ExplainSettings)
     rerank: RerankSettings = Field(default_factory=RerankSettings)
+    adapter: AdapterSettings = Field(default_factory=AdapterSettings)

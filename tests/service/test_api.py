@@ -113,4 +113,5 @@ async def test_items_health_and_readiness(client: AsyncClient) -> None:
         "history": "redis ok",
         "events": "in-process ok, 0 spooled",
         "explainer": "template",
+        "adapter": "version 0",
     }

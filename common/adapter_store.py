@@ -1,0 +1,124 @@
+"""Where adapter versions live between the learner and the service (layout in `common.adapter`).
+
+`RedisAdapterStore` is the cross-process store: one MULTI/EXEC transaction writes the version's hash,
+marks the events it applied (so a restarted learner skips them), appends them to an audit log, moves
+the pointer and publishes the notice. `MemoryAdapterStore` keeps the same contract in one process
+(the embedded default: in-process learner and service share it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+from redis.asyncio import Redis
+
+from common.adapter import KEY_PREFIX, channel, pointer_key, version_key
+
+APPLIED_TTL_S = 30 * 86_400
+AUDIT_LEN = 1_000_000
+
+
+class AdapterStore(Protocol):
+    async def publish(self, version: int, fields: dict[str, bytes], event_ids: Sequence[str]) -> None: ...
+
+    async def discard(self, event_ids: Sequence[str]) -> None:
+        """Record events whose update was refused: processed, never to be applied."""
+        ...
+
+    async def current(self) -> int:
+        """The published version (0: none yet)."""
+        ...
+
+    async def fetch(self, version: int) -> dict[bytes, bytes] | None: ...
+
+    async def applied(self, event_ids: Sequence[str]) -> list[bool]:
+        """Whether each event already went into a published adapter."""
+        ...
+
+    async def versions(self) -> list[int]:
+        """Stored versions, oldest first (what a rollback can go back to)."""
+        ...
+
+
+class RedisAdapterStore:
+    def __init__(self, redis: Redis, prefix: str = KEY_PREFIX, keep: int = 5) -> None:
+        self.redis, self.prefix, self.keep = redis, prefix, keep
+
+    async def publish(self, version: int, fields: dict[str, bytes], event_ids: Sequence[str]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(version_key(self.prefix, version), mapping=fields)  # type: ignore[arg-type]
+            for e in event_ids:
+                pipe.set(f"{self.prefix}applied:{e}", version, ex=APPLIED_TTL_S)
+            if event_ids:
+                pipe.rpush(f"{self.prefix}applied-log", *event_ids)
+                pipe.ltrim(f"{self.prefix}applied-log", -AUDIT_LEN, -1)
+            pipe.set(pointer_key(self.prefix), version)
+            pipe.publish(channel(self.prefix), version)
+            await pipe.execute()
+        for old in (await self.versions())[: -self.keep]:
+            await self.redis.delete(version_key(self.prefix, old))
+
+    async def discard(self, event_ids: Sequence[str]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for e in event_ids:
+                pipe.set(f"{self.prefix}applied:{e}", "discarded", ex=APPLIED_TTL_S)
+            await pipe.execute()
+
+    async def current(self) -> int:
+        raw = await self.redis.get(pointer_key(self.prefix))
+        return int(raw) if raw is not None else 0
+
+    async def fetch(self, version: int) -> dict[bytes, bytes] | None:
+        fields = await self.redis.hgetall(version_key(self.prefix, version))
+        return {_b(k): _b(v) for k, v in fields.items()} or None
+
+    async def applied(self, event_ids: Sequence[str]) -> list[bool]:
+        if not event_ids:
+            return []
+        found = await self.redis.mget([f"{self.prefix}applied:{e}" for e in event_ids])
+        return [x is not None for x in found]
+
+    async def versions(self) -> list[int]:
+        keys = [k.decode() async for k in self.redis.scan_iter(match=f"{self.prefix}v*")]
+        return sorted(int(k[len(self.prefix) + 1 :]) for k in keys if k[len(self.prefix) + 1 :].isdigit())
+
+    async def audit_log(self) -> list[str]:
+        return [_b(x).decode() for x in await self.redis.lrange(f"{self.prefix}applied-log", 0, -1)]
+
+
+def _b(x: bytes | str) -> bytes:
+    return x if isinstance(x, bytes) else x.encode()
+
+
+class MemoryAdapterStore:
+    def __init__(self, keep: int = 5) -> None:
+        self.keep = keep
+        self._versions: dict[int, dict[bytes, bytes]] = {}
+        self._current = 0
+        self._applied: set[str] = set()
+        self.published = asyncio.Event()  # set on every publish: the in-process watcher's notice
+
+    async def publish(self, version: int, fields: dict[str, bytes], event_ids: Sequence[str]) -> None:
+        self._versions[version] = {k.encode(): v for k, v in fields.items()}
+        self._applied.update(event_ids)
+        self._current = version
+        for old in sorted(self._versions)[: -self.keep]:
+            del self._versions[old]
+        self.published.set()
+
+    async def discard(self, event_ids: Sequence[str]) -> None:
+        self._applied.update(event_ids)
+
+    async def current(self) -> int:
+        return self._current
+
+    async def fetch(self, version: int) -> dict[bytes, bytes] | None:
+        return self._versions.get(version)
+
+    async def applied(self, event_ids: Sequence[str]) -> list[bool]:
+        return [e in self._applied for e in event_ids]
+
+    async def versions(self) -> list[int]:
+        return sorted(self._versions)

@@ -1,0 +1,157 @@
+"""One micro-batch of feedback, start to finish: drop events already applied, turn the rest into
+examples against each user's history, take an online step, check the hold-out guardrail, publish.
+
+Used by the Kafka consumer (`learner.consumer`) and by the in-process learner of the embedded default.
+Every event is either applied (it went into a published adapter) or discarded with the update the
+guardrail refused; both are recorded in the adapter store in one transaction with the publish, so a
+learner restarted from older Kafka offsets skips them.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import anyio
+import numpy as np
+import structlog
+
+from common.adapter import Manifest, encode
+from common.adapter_store import AdapterStore
+from common.events import EventType, FeedbackEvent
+from learner.metrics import LearnerMetrics
+from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineTrainer
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    holdout_every: int = 10  # one event in N (by event id hash) is held out, never trained on
+    holdout_size: int = 500
+    margin: float = 0.02  # refuse an update whose hold-out loss is worse by more than this fraction
+
+
+@dataclass(frozen=True)
+class Outcome:
+    applied: int
+    duplicates: int
+    unknown: int
+    version: int | None  # published version, None if nothing was published
+    rejected: bool = False
+
+
+def example_of(e: FeedbackEvent, history: np.ndarray, item: int) -> Example:
+    """Eq. 31-32's two signals: ratings are explicit (graded around the 2.5 midpoint), the rest implicit."""
+    if e.type is EventType.rating and e.value is not None:
+        v = (e.value - 2.5) / 2.5
+        return Example(history, item, EXPLICIT, max(v, 0.0), max(-v, 0.0))
+    if e.type is EventType.dislike:
+        return Example(history, item, IMPLICIT, 0.0, 1.0)
+    return Example(history, item, IMPLICIT, 1.0, 0.0)
+
+
+class Learner:
+    def __init__(self, trainer: OnlineTrainer, item_ids: Sequence[str], histories: Mapping[str, Sequence[int]],
+                 store: AdapterStore, base_model: str, signing_key: bytes | None, metrics: LearnerMetrics,
+                 guard: GuardConfig = GuardConfig(), history_cap: int = 200) -> None:  # fmt: skip
+        self.trainer, self.store, self.base_model, self.key = trainer, store, base_model, signing_key
+        self.metrics, self.guard, self.history_cap = metrics, guard, history_cap
+        self.item_index = {x: i for i, x in enumerate(item_ids)}
+        self.histories = {u: list(h)[-history_cap:] for u, h in histories.items()}
+        self.holdout: deque[Example] = deque(maxlen=guard.holdout_size)
+        self.published_state = trainer.state()
+        self.version = 0
+        self.events_seen = 0
+
+    async def process(self, events: Sequence[FeedbackEvent]) -> Outcome:
+        t = time.perf_counter()
+        seen = await self.store.applied([e.event_id for e in events])
+        fresh, dupes, ids = [], 0, set()
+        for e, done in zip(events, seen, strict=True):
+            if done or e.event_id in ids:
+                dupes += 1
+            else:
+                fresh.append(e)
+                ids.add(e.event_id)
+        self.metrics.duplicates.inc(dupes)
+        train, unknown = self._examples(fresh)
+        outcome = Outcome(0, dupes, unknown, None)
+        if fresh:
+            outcome = await self._update(fresh, train, dupes, unknown)
+        self.metrics.batch_seconds.observe(time.perf_counter() - t)
+        return outcome
+
+    def _examples(self, events: Sequence[FeedbackEvent]) -> tuple[list[Example], int]:
+        train: list[Example] = []
+        unknown = 0
+        for e in events:
+            self.metrics.events.labels(e.type.value).inc()
+            item = self.item_index.get(e.item_id)
+            if item is None:
+                unknown += 1
+                continue
+            history = self.histories.setdefault(e.user_id, [])
+            if history:  # the user model needs a history to read; a first event only starts one
+                ex = example_of(e, np.asarray(history, np.int64), item)
+                (self.holdout.append if _held_out(e.event_id, self.guard.holdout_every) else train.append)(ex)
+            if e.is_positive:
+                history.append(item)
+                del history[: -self.history_cap]
+        self.metrics.unknown.inc(unknown)
+        return train, unknown
+
+    async def _update(self, events: Sequence[FeedbackEvent], train: list[Example], dupes: int,
+                      unknown: int) -> Outcome:  # fmt: skip
+        if train:
+            stats = await anyio.to_thread.run_sync(self.trainer.step, train)
+            if stats.skipped:
+                self.metrics.skipped.inc()
+            else:
+                self.metrics.loss.set(stats.loss)
+                self.metrics.ewc.set(stats.ewc)
+                self.metrics.updated_fraction.set(stats.updated_fraction)
+                self.metrics.lr.set(stats.lr)
+        if not await anyio.to_thread.run_sync(self._passes_guard):
+            self.trainer.load(self.published_state)  # discard the update, keep serving the last good one
+            self.metrics.rejected.inc()
+            await self.store.discard([e.event_id for e in events])
+            return Outcome(0, dupes, unknown, None, rejected=True)
+        version = await self._publish(events)
+        return Outcome(len(events) - unknown, dupes, unknown, version)
+
+    def _passes_guard(self) -> bool:
+        if not self.holdout:
+            return True
+        held = list(self.holdout)
+        candidate = self.trainer.evaluate(held)
+        current_adapter = copy.deepcopy(self.trainer.adapter)
+        current_adapter.load_tensors(self.published_state)
+        saved, self.trainer.adapter = self.trainer.adapter, current_adapter
+        try:
+            current = self.trainer.evaluate(held)
+        finally:
+            self.trainer.adapter = saved
+        self.metrics.holdout_loss.set(min(candidate, current))
+        return candidate <= current + self.guard.margin * abs(current)
+
+    async def _publish(self, events: Sequence[FeedbackEvent]) -> int:
+        self.version = max(self.version, await self.store.current()) + 1
+        self.events_seen += len(events)
+        tensors = self.trainer.state()
+        shapes = {k: list(v.shape) for k, v in tensors.items()}
+        fields = encode(tensors, Manifest(self.version, self.base_model, shapes, self.events_seen), self.key)
+        await self.store.publish(self.version, fields, [e.event_id for e in events])
+        self.published_state = tensors
+        self.metrics.published.inc()
+        self.metrics.version.set(self.version)
+        log.info("adapter_published", version=self.version, events=len(events))
+        return self.version
+
+
+def _held_out(event_id: str, every: int) -> bool:
+    return every > 0 and int(hashlib.blake2b(event_id.encode(), digest_size=4).hexdigest(), 16) % every == 0

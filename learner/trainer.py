@@ -1,0 +1,165 @@
+"""Online updates of the serving adapter from feedback (LLM4Rec eq. 26-33).
+
+- Momentum SGD (eq. 26-27): v <- mu v + g, theta <- theta - eta_t v.
+- Uncertainty-scaled step (eq. 28): eta_t = eta * max(min_scale, 1 - H / log N), H the mean entropy of
+  the model's next-item distribution on the batch: the less sure the model is, the smaller the step.
+- Importance-selected updates (eq. 29-30): per tensor, s = |g| / max|g|; only entries with s >= tau move.
+  The fraction that moved is reported.
+- Explicit and implicit feedback (eq. 31-32): ratings are explicit, the rest implicit; each group's
+  loss is weighted by its measured reliability, the inverse of the running variance of its per-event
+  loss (noisier signals count less), normalised to mean 1 over the groups in the batch.
+- Elastic Weight Consolidation (eq. 33; Kirkpatrick et al. 2017), online variant (Schwarz et al. 2018):
+  lambda/2 * sum F (theta - theta*)^2 with a diagonal Fisher F estimated on the training data, kept as a
+  running average of squared gradients, and the anchor theta* refreshed every `consolidate_every` events.
+- A non-finite loss or gradient skips the step and is counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from models.adapter import ServingAdapter
+from models.llm4rec import LLM4Rec
+from models.scoring import pad_histories
+
+EXPLICIT, IMPLICIT = "explicit", "implicit"
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    lr: float = 0.05
+    momentum: float = 0.9
+    importance_threshold: float = 0.1  # tau, eq. 30
+    lambda_ewc: float = 1.0
+    fisher_decay: float = 0.99
+    consolidate_every: int = 20_000  # events between anchor refreshes
+    min_lr_scale: float = 0.1
+    reliability_decay: float = 0.95
+    history_len: int = 50  # newest items the user model reads in the learner (cost is linear in it)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One event ready to learn from: the user's history before it, the item, and its signal."""
+
+    history: np.ndarray  # internal item ids, oldest first
+    item: int
+    group: str  # EXPLICIT | IMPLICIT
+    positive: float  # weight of "the user wants this item" (next-item cross-entropy)
+    negative: float  # weight of "the user does not want it" (unlikelihood, -log(1 - p))
+
+
+@dataclass(frozen=True)
+class StepStats:
+    loss: float
+    ewc: float
+    lr: float
+    updated_fraction: float
+    skipped: bool
+
+
+class OnlineTrainer:
+    def __init__(self, model: LLM4Rec, adapter: ServingAdapter, config: OnlineConfig = OnlineConfig()) -> None:
+        self.model, self.adapter, self.config = model.eval(), adapter, config
+        with torch.no_grad():
+            self.items = model.item_vectors()[0].detach()  # (N, D) fixed between re-trainings
+            self.pop = model.popularity_term(model.serve_gamma).detach()  # (N,)
+        self.params = dict(adapter.named_parameters())
+        self.velocity = {k: torch.zeros_like(p) for k, p in self.params.items()}
+        self.fisher = {k: torch.zeros_like(p) for k, p in self.params.items()}
+        self.anchor = {k: p.detach().clone() for k, p in self.params.items()}
+        self.loss_var = {EXPLICIT: 1.0, IMPLICIT: 1.0}
+        self.events_since_anchor = 0
+        self.skipped = 0
+
+    def base_users(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """(B, D) the frozen user model over each history."""
+        with torch.inference_mode():
+            seq = pad_histories([h[-self.config.history_len :] for h in histories], self.config.history_len)
+            return self.model.user_vectors(seq).clone()
+
+    def losses(self, batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example loss (B,) and the batch's mean predictive entropy."""
+        u = self.base_users([e.history for e in batch])
+        logp = torch.log_softmax(self.adapter.scores(u, self.items, self.pop), dim=1)  # (B, N)
+        idx = torch.tensor([e.item for e in batch])
+        lp = logp[torch.arange(len(batch)), idx]
+        pos = torch.tensor([e.positive for e in batch])
+        neg = torch.tensor([e.negative for e in batch])
+        per = pos * -lp + neg * -torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
+        entropy = -(logp.exp() * logp).sum(1).mean().detach()
+        return per, entropy
+
+    def step(self, batch: Sequence[Example]) -> StepStats:
+        c = self.config
+        per, entropy = self.losses(batch)
+        weights = self._reliability(batch, per.detach())
+        data_loss = (weights * per).mean()
+        data_grads = torch.autograd.grad(data_loss, list(self.params.values()))
+        with torch.no_grad():
+            drift = {k: p - self.anchor[k] for k, p in self.params.items()}
+            ewc = sum(((self.fisher[k] * d**2).sum() for k, d in drift.items()), torch.zeros(()))
+            # the EWC term's gradient in closed form: lambda * F * (theta - theta*)
+            grads = [g + c.lambda_ewc * self.fisher[k] * drift[k] for k, g in zip(self.params, data_grads, strict=True)]
+        if not torch.isfinite(data_loss) or any(not torch.isfinite(g).all() for g in grads):
+            self.skipped += 1
+            return StepStats(float("nan"), float(ewc), 0.0, 0.0, True)
+        lr = c.lr * max(c.min_lr_scale, 1.0 - float(entropy) / math.log(self.items.shape[0]))
+        moved = total = 0
+        with torch.no_grad():
+            for (k, p), g, gd in zip(self.params.items(), grads, data_grads, strict=True):
+                mask = (g.abs() >= c.importance_threshold * g.abs().max().clamp(min=1e-12)).to(g.dtype)
+                self.velocity[k].mul_(c.momentum).add_(g * mask)
+                p.sub_(lr * self.velocity[k] * mask)
+                self.fisher[k].mul_(c.fisher_decay).add_((1 - c.fisher_decay) * gd**2)
+                moved, total = moved + int(mask.sum()), total + mask.numel()
+        self._maybe_consolidate(len(batch))
+        return StepStats(float(data_loss), float(ewc), lr, moved / max(total, 1), False)
+
+    def _reliability(self, batch: Sequence[Example], per: torch.Tensor) -> torch.Tensor:
+        """Eq. 31-32: inverse running loss variance per feedback group, mean 1 over present groups."""
+        groups = [e.group for e in batch]
+        for g in set(groups):
+            vals = per[[i for i, x in enumerate(groups) if x == g]]
+            if len(vals) > 1:
+                d = self.config.reliability_decay
+                self.loss_var[g] = d * self.loss_var[g] + (1 - d) * float(vals.var())
+        inv = {g: 1.0 / (self.loss_var[g] + 1e-3) for g in set(groups)}
+        mean = sum(inv.values()) / len(inv)
+        return torch.tensor([inv[g] / mean for g in groups])
+
+    def _maybe_consolidate(self, n: int) -> None:
+        self.events_since_anchor += n
+        if self.events_since_anchor >= self.config.consolidate_every:
+            self.anchor = {k: p.detach().clone() for k, p in self.params.items()}
+            self.events_since_anchor = 0
+
+    def fit_fisher(self, batches: Sequence[Sequence[Example]]) -> None:
+        """The diagonal Fisher of the next-item loss on training examples: EWC's notion of what the
+        adapter must not forget."""
+        acc = {k: torch.zeros_like(p) for k, p in self.params.items()}
+        for batch in batches:
+            per, _ = self.losses(batch)
+            for (k, _), g in zip(self.params.items(), torch.autograd.grad(per.mean(), list(self.params.values())),
+                                 strict=True):  # fmt: skip
+                acc[k] += g.detach() ** 2
+        self.fisher = {k: v / max(len(batches), 1) for k, v in acc.items()}
+
+    def evaluate(self, batch: Sequence[Example]) -> float:
+        """Mean loss without updating (the publishing guardrail's yardstick)."""
+        if not batch:
+            return 0.0
+        with torch.no_grad():
+            per, _ = self.losses(batch)
+        return float(per.mean())
+
+    def state(self) -> dict[str, np.ndarray]:
+        return self.adapter.tensors()
+
+    def load(self, tensors: dict[str, np.ndarray]) -> None:
+        self.adapter.load_tensors(tensors)

@@ -1,0 +1,90 @@
+"""Hot swap of the learner's adapter, version-gated (as Gorse swaps models by id): the service loads a
+version only if it is newer than the one it serves, its signature verifies, it was trained for this
+base model and its shapes match; then it replaces one reference, so a request reads either the old
+adapter or the new one, never half of each. A refused version is counted by reason and never retried;
+the last good adapter keeps serving. Notices arrive on Redis pub/sub (or the in-process store's event);
+a poll every `poll_s` covers notices lost while Redis was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from redis.asyncio import Redis
+
+from common.adapter import AdapterRejectedError, channel, decode
+from common.adapter_store import AdapterStore, MemoryAdapterStore
+from models.adapter import AdapterView
+from service.metrics import Metrics
+
+log = structlog.get_logger()
+
+
+class AdapterWatcher:
+    def __init__(self, store: AdapterStore, key: bytes | None, base_model: str, shapes: dict[str, tuple[int, ...]],
+                 metrics: Metrics, poll_s: float = 1.0) -> None:  # fmt: skip
+        self.store, self.key, self.base_model, self.shapes = store, key, base_model, shapes
+        self.metrics, self.poll_s = metrics, poll_s
+        dim, rank = shapes["B"][0], shapes["A"][0]
+        self.current = AdapterView.identity(dim, shapes["item_bias"][0], rank)
+        self.rejected: set[int] = set()
+        self.notice = asyncio.Event()
+
+    async def refresh(self) -> bool:
+        """Load the published version if it is newer and valid; True if it swapped."""
+        try:
+            version = await self.store.current()
+            if version <= self.current.version or version in self.rejected:
+                return False
+            fields = await self.store.fetch(version)
+        except Exception as e:  # store unreachable: keep serving what we have
+            self.metrics.dependency_errors.labels("adapter_store").inc()
+            log.warning("adapter_store_unreachable", error=str(e))
+            return False
+        try:
+            if fields is None:
+                raise AdapterRejectedError("missing", f"version {version} has no data")
+            manifest, tensors = decode(fields, self.key, self.shapes, self.current.version)
+            if manifest.base_model != self.base_model:
+                raise AdapterRejectedError("base_model", f"{manifest.base_model} != {self.base_model}")
+        except AdapterRejectedError as e:
+            self.rejected.add(version)
+            self.metrics.adapter_rejections.labels(e.reason).inc()
+            log.warning("adapter_rejected", version=version, reason=e.reason, detail=str(e))
+            return False
+        self.current = AdapterView(manifest.version, tensors)  # the one reference requests read
+        self.metrics.adapter_swaps.inc()
+        self.metrics.adapter_version.set(manifest.version)
+        log.info("adapter_swapped", version=manifest.version, events_seen=manifest.events_seen)
+        return True
+
+    async def run(self, redis: Redis | None, prefix: str) -> None:
+        listener = asyncio.create_task(self._listen(redis, prefix)) if redis is not None else None
+        if isinstance(self.store, MemoryAdapterStore):
+            self.notice = self.store.published
+        try:
+            while True:
+                await self.refresh()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.notice.wait(), self.poll_s)
+                self.notice.clear()
+        finally:
+            if listener is not None:
+                listener.cancel()
+
+    async def _listen(self, redis: Redis, prefix: str) -> None:
+        """Pub/sub notices, resubscribing after Redis goes away."""
+        while True:
+            try:
+                async with redis.pubsub() as ps:
+                    await ps.subscribe(channel(prefix))
+                    async for message in ps.listen():
+                        if message.get("type") == "message":
+                            self.notice.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # connection lost: the poll keeps us current meanwhile
+                log.warning("adapter_notices_lost", error=str(e))
+                await asyncio.sleep(1.0)
