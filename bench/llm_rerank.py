@@ -55,7 +55,8 @@ def main() -> None:
         user = int(test.users[r])
         batch = HistoryBatch(torch.tensor([user]), pad_histories([hist], ck.model.config.max_len))
         with torch.inference_mode():
-            scores = ck.model.score(batch)[0].clone()
+            scores = ck.model.score(batch)[0]
+        scores = scores.clone()  # a normal tensor: inference tensors refuse in-place masking
         scores[list(by_user.get(user, ()))] = -torch.inf
         order = torch.topk(scores, args.pool).indices.tolist()
         target = int(test.targets[test.target_indptr[r]])

@@ -24,7 +24,7 @@ from common.adapter import Manifest, encode
 from common.adapter_store import AdapterStore
 from common.events import EventType, FeedbackEvent
 from learner.metrics import LearnerMetrics
-from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineTrainer
+from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineTrainer, StepStats
 
 log = structlog.get_logger()
 
@@ -69,6 +69,8 @@ class Learner:
         self.events_seen = 0
 
     async def process(self, events: Sequence[FeedbackEvent]) -> Outcome:
+        """All or nothing: if the publish fails, the trainer and the histories are as before and the
+        caller retries the same events (Kafka offsets are committed only after this returns)."""
         t = time.perf_counter()
         seen = await self.store.applied([e.event_id for e in events])
         fresh, dupes, ids = [], 0, set()
@@ -79,50 +81,66 @@ class Learner:
                 fresh.append(e)
                 ids.add(e.event_id)
         self.metrics.duplicates.inc(dupes)
-        train, unknown = self._examples(fresh)
-        outcome = Outcome(0, dupes, unknown, None)
+        outcome = Outcome(0, dupes, 0, None)
         if fresh:
-            outcome = await self._update(fresh, train, dupes, unknown)
+            outcome = await self._update(fresh, dupes)
         self.metrics.batch_seconds.observe(time.perf_counter() - t)
         return outcome
 
-    def _examples(self, events: Sequence[FeedbackEvent]) -> tuple[list[Example], int]:
+    def _examples(self, events: Sequence[FeedbackEvent]) -> tuple[list[Example], dict[str, list[int]], int]:
+        """Training examples, each against the user's history just before its event, and the
+        histories as they will be once the batch is committed."""
         train: list[Example] = []
+        grown: dict[str, list[int]] = {}
         unknown = 0
         for e in events:
-            self.metrics.events.labels(e.type.value).inc()
             item = self.item_index.get(e.item_id)
             if item is None:
                 unknown += 1
                 continue
-            history = self.histories.setdefault(e.user_id, [])
+            history = grown.setdefault(e.user_id, list(self.histories.get(e.user_id, [])))
             if history:  # the user model needs a history to read; a first event only starts one
                 ex = example_of(e, np.asarray(history, np.int64), item)
                 (self.holdout.append if _held_out(e.event_id, self.guard.holdout_every) else train.append)(ex)
             if e.is_positive:
                 history.append(item)
                 del history[: -self.history_cap]
-        self.metrics.unknown.inc(unknown)
-        return train, unknown
+        return train, grown, unknown
 
-    async def _update(self, events: Sequence[FeedbackEvent], train: list[Example], dupes: int,
-                      unknown: int) -> Outcome:  # fmt: skip
-        if train:
-            stats = await anyio.to_thread.run_sync(self.trainer.step, train)
-            if stats.skipped:
-                self.metrics.skipped.inc()
+    async def _update(self, events: Sequence[FeedbackEvent], dupes: int) -> Outcome:
+        train, grown, unknown = self._examples(events)
+        snap = self.trainer.snapshot()
+        try:
+            if train:
+                self._record(await anyio.to_thread.run_sync(self.trainer.step, train))
+            ids = [e.event_id for e in events]
+            if await anyio.to_thread.run_sync(self._passes_guard):
+                version: int | None = await self._publish(ids)
+                rejected = False
             else:
-                self.metrics.loss.set(stats.loss)
-                self.metrics.ewc.set(stats.ewc)
-                self.metrics.updated_fraction.set(stats.updated_fraction)
-                self.metrics.lr.set(stats.lr)
-        if not await anyio.to_thread.run_sync(self._passes_guard):
-            self.trainer.load(self.published_state)  # discard the update, keep serving the last good one
-            self.metrics.rejected.inc()
-            await self.store.discard([e.event_id for e in events])
-            return Outcome(0, dupes, unknown, None, rejected=True)
-        version = await self._publish(events)
-        return Outcome(len(events) - unknown, dupes, unknown, version)
+                self.trainer.restore(snap)  # refuse the update, keep serving the last good adapter
+                await self.store.discard(ids)
+                self.metrics.rejected.inc()
+                version, rejected = None, True
+        except Exception:
+            self.trainer.restore(snap)
+            self.metrics.publish_errors.inc()
+            raise
+        self.histories.update(grown)
+        self.events_seen += len(events)
+        for e in events:
+            self.metrics.events.labels(e.type.value).inc()
+        self.metrics.unknown.inc(unknown)
+        return Outcome(0 if rejected else len(events) - unknown, dupes, unknown, version, rejected)
+
+    def _record(self, stats: StepStats) -> None:
+        if stats.skipped:
+            self.metrics.skipped.inc()
+            return
+        self.metrics.loss.set(stats.loss)
+        self.metrics.ewc.set(stats.ewc)
+        self.metrics.updated_fraction.set(stats.updated_fraction)
+        self.metrics.lr.set(stats.lr)
 
     def _passes_guard(self) -> bool:
         if not self.holdout:
@@ -139,18 +157,17 @@ class Learner:
         self.metrics.holdout_loss.set(min(candidate, current))
         return candidate <= current + self.guard.margin * abs(current)
 
-    async def _publish(self, events: Sequence[FeedbackEvent]) -> int:
-        self.version = max(self.version, await self.store.current()) + 1
-        self.events_seen += len(events)
+    async def _publish(self, event_ids: list[str]) -> int:
+        version = max(self.version, await self.store.current()) + 1
         tensors = self.trainer.state()
         shapes = {k: list(v.shape) for k, v in tensors.items()}
-        fields = encode(tensors, Manifest(self.version, self.base_model, shapes, self.events_seen), self.key)
-        await self.store.publish(self.version, fields, [e.event_id for e in events])
-        self.published_state = tensors
+        manifest = Manifest(version, self.base_model, shapes, self.events_seen + len(event_ids))
+        await self.store.publish(version, encode(tensors, manifest, self.key), event_ids)
+        self.version, self.published_state = version, tensors
         self.metrics.published.inc()
-        self.metrics.version.set(self.version)
-        log.info("adapter_published", version=self.version, events=len(events))
-        return self.version
+        self.metrics.version.set(version)
+        log.info("adapter_published", version=version, events=len(event_ids))
+        return version
 
 
 def _held_out(event_id: str, every: int) -> bool:

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +61,20 @@ class StepStats:
     lr: float
     updated_fraction: float
     skipped: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    params: dict[str, torch.Tensor]
+    velocity: dict[str, torch.Tensor]
+    fisher: dict[str, torch.Tensor]
+    anchor: dict[str, torch.Tensor]
+    loss_var: dict[str, float]
+    events_since_anchor: int
+
+
+def _clone(d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in d.items()}
 
 
 class OnlineTrainer:
@@ -157,6 +171,18 @@ class OnlineTrainer:
         with torch.no_grad():
             per, _ = self.losses(batch)
         return float(per.mean())
+
+    def snapshot(self) -> Snapshot:
+        """Everything a step changes, to undo it when its publish fails."""
+        return Snapshot(_clone(self.params), _clone(self.velocity), _clone(self.fisher), _clone(self.anchor),
+                        dict(self.loss_var), self.events_since_anchor)  # fmt: skip
+
+    def restore(self, snap: Snapshot) -> None:
+        with torch.no_grad():
+            for k, v in snap.params.items():
+                self.params[k].copy_(v)
+        self.velocity, self.fisher, self.anchor = _clone(snap.velocity), _clone(snap.fisher), _clone(snap.anchor)
+        self.loss_var, self.events_since_anchor = dict(snap.loss_var), snap.events_since_anchor
 
     def state(self) -> dict[str, np.ndarray]:
         return self.adapter.tensors()

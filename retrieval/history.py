@@ -13,6 +13,8 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
+from models.data import RecDataset
+
 Entry = tuple[str, int]  # (external item id, unix seconds)
 
 
@@ -87,6 +89,15 @@ class RedisHistoryStore:
                     await self.append(u, histories[u][-self.max_len :])
                     loaded += 1
         return loaded
+
+
+def dataset_histories(data: RecDataset) -> dict[str, list[Entry]]:
+    """Every user's known interactions (external ids, time order): where history stores start."""
+    inter = data.interactions
+    out: dict[str, list[Entry]] = {}
+    for u, i, t in zip(inter.user.tolist(), inter.item.tolist(), inter.timestamp.tolist(), strict=True):
+        out.setdefault(data.user_ids[u], []).append((data.item_ids[i], int(t)))
+    return out
 
 
 def _newest(entries: Sequence[Entry]) -> dict[str, int]:

@@ -22,8 +22,9 @@ from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterS
 from common.events import ID_PATTERN, MAX_TIMESTAMP, FeedbackEvent
 from models.adapter import ServingAdapter
 from retrieval.catalog import NewItem
+from retrieval.history import dataset_histories
 from service.adapters import AdapterWatcher
-from service.components import Components, add_items_live, build_components, dataset_histories
+from service.components import Components, add_items_live, build_components
 from service.feedback import (
     EventSink,
     FeedbackIngest,
@@ -151,11 +152,10 @@ def _sink(settings: Settings) -> EventSink:
 def _adapter_watcher(settings: Settings, c: Components, store: AdapterStore | None, metrics: Metrics) -> AdapterWatcher:
     a = settings.adapter
     if store is None:
-        store = RedisAdapterStore(c.redis, a.prefix) if c.redis is not None else MemoryAdapterStore()
+        store = RedisAdapterStore(c.redis, a.prefix, a.keep) if c.redis is not None else MemoryAdapterStore(a.keep)
     model = c.checkpoint.model
     shapes = ServingAdapter.shapes(model.config.fusion.dim, int(model.log_pop.shape[0]), a.rank)
-    key = a.signing_key.get_secret_value().encode() if a.signing_key else None
-    return AdapterWatcher(store, key, c.model_version, shapes, metrics, a.poll_s)
+    return AdapterWatcher(store, a.key(), c.model_version, shapes, metrics, a.poll_s)
 
 
 def create_app(settings: Settings | None = None, components: Components | None = None,
@@ -276,7 +276,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
 
 async def _seed(c: Components) -> int:
     try:
-        return await c.history.seed(dataset_histories(c.checkpoint))
+        return await c.history.seed(dataset_histories(c.checkpoint.data))
     except Exception as e:  # Redis down at startup: serve (cold start until it returns), do not crash
         log.warning("history_seed_failed", error=str(e))
         return 0

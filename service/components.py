@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,10 +12,10 @@ from redis.asyncio import Redis
 from retrieval.catalog import ITEMS, NewItem, add_items, build_item_index, extend_model, index_vectors, item_payloads
 from retrieval.context import CONTEXT, ContextStore, ContextWeights, build_context_index, build_entries
 from retrieval.engines import make_engine
-from retrieval.history import Entry, HistoryStore, MemoryHistoryStore, RedisHistoryStore
+from retrieval.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
 from retrieval.index import IndexEngine, VectorIndex
 from service.settings import Settings
-from training.experiment import OpenedCheckpoint, open_checkpoint
+from training.experiment import OpenedCheckpoint, checkpoint_version, open_checkpoint
 from training.text_embeddings import TextEncoder
 
 
@@ -75,10 +74,6 @@ def add_items_live(c: Components, new: Sequence[NewItem], cache_dir: Path) -> li
     return [grown.item_ids[i] for i in ids]
 
 
-def _model_version(model_dir: Path) -> str:
-    return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:12]
-
-
 def build_components(settings: Settings) -> Components:
     if not (settings.model_dir / "model.safetensors").is_file():
         raise NotReadyError(f"no checkpoint at {settings.model_dir}; run `llm4rec train --out {settings.model_dir}`")
@@ -106,7 +101,7 @@ def build_components(settings: Settings) -> Components:
         item_index={x: i for i, x in enumerate(data.item_ids)},
         aspects=[data.aspects(i) for i in range(data.num_items)],
         titles=list(data.titles()),
-        model_version=_model_version(settings.model_dir),
+        model_version=checkpoint_version(settings.model_dir),
         engine=engine,
     )
 
@@ -118,12 +113,3 @@ def _context_store(settings: Settings, engine: IndexEngine, ck: OpenedCheckpoint
         index = build_context_index(engine, build_entries(ck.data), embed)
     r = settings.rag
     return ContextStore(index, embed, ContextWeights(l1=r.l1, l2=r.l2, l3=r.l3, sigma_days=r.sigma_days))
-
-
-def dataset_histories(ck: OpenedCheckpoint) -> dict[str, list[Entry]]:
-    """Every user's known interactions (external ids, time order): the history store's starting point."""
-    data, inter = ck.data, ck.data.interactions
-    out: dict[str, list[Entry]] = {}
-    for u, i, t in zip(inter.user.tolist(), inter.item.tolist(), inter.timestamp.tolist(), strict=True):
-        out.setdefault(data.user_ids[u], []).append((data.item_ids[i], int(t)))
-    return out

@@ -9,8 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.adapter import KEY_PREFIX
-from common.events import FEEDBACK_TOPIC
+from common.settings import AdapterSettings, KafkaSettings
 
 
 class IndexSettings(BaseModel):
@@ -26,12 +25,6 @@ class RagSettings(BaseModel):
     l2: float = Field(0.3, ge=0)
     l3: float = Field(0.3, ge=0)
     sigma_days: float = Field(365.0, gt=0)
-
-
-class KafkaSettings(BaseModel):
-    bootstrap_servers: str | None = None  # None: the in-process sink (embedded default)
-    topic: str = FEEDBACK_TOPIC
-    request_timeout_ms: int = Field(30_000, ge=1_000, le=300_000)
 
 
 class FeedbackSettings(BaseModel):
@@ -61,13 +54,6 @@ class RerankSettings(BaseModel):
     enabled: bool = False  # off: bench/llm_rerank.py shows the bundled model does not help (BENCHMARKS.md)
     pool: int = Field(20, ge=2, le=50)
     gguf_path: Path | None = None
-
-
-class AdapterSettings(BaseModel):
-    signing_key: SecretStr | None = None  # HMAC key shared with the learner; unset: signatures not checked
-    prefix: str = KEY_PREFIX
-    rank: int = Field(8, ge=1, le=128)
-    poll_s: float = Field(1.0, gt=0, le=60)
 
 
 class Settings(BaseSettings):

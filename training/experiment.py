@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -100,6 +101,11 @@ class OpenedCheckpoint:
     train: TrainData
     config: RunConfig
     meta: dict[str, Any]
+
+
+def checkpoint_version(path: Path) -> str:
+    """A checkpoint's identity (its weights' hash): adapters name the model they were trained for."""
+    return hashlib.sha256((Path(path) / "model.safetensors").read_bytes()).hexdigest()[:12]
 
 
 def open_checkpoint(path: Path, cache_dir: Path, protocol: str = "full") -> OpenedCheckpoint:

@@ -12,7 +12,8 @@ from httpx import AsyncClient
 from pydantic import SecretStr
 
 from common.events import FeedbackEvent
-from service.settings import ApiSettings, KafkaSettings, Settings
+from common.settings import KafkaSettings
+from service.settings import ApiSettings, Settings
 from tests.kafka_mock import mock_kafka, read_topic
 from tests.service.conftest import serve, with_
 

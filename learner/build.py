@@ -1,0 +1,70 @@
+"""Assemble a learner from a checkpoint: the frozen model, a fresh adapter (identity), the Fisher of
+the training data for EWC, every user's history, and, when the store already holds an adapter for this
+model, that adapter's weights (a restarted learner continues where the last one published)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import structlog
+import torch
+
+from common.adapter import AdapterRejectedError, decode
+from common.adapter_store import AdapterStore
+from common.settings import AdapterSettings
+from learner.metrics import LearnerMetrics
+from learner.pipeline import GuardConfig, Learner
+from learner.trainer import IMPLICIT, Example, OnlineConfig, OnlineTrainer
+from models.adapter import ServingAdapter
+from retrieval.history import dataset_histories
+from training.experiment import OpenedCheckpoint, checkpoint_version, open_checkpoint
+
+log = structlog.get_logger()
+
+
+def training_examples(ck: OpenedCheckpoint, n: int, seed: int = 0) -> list[Example]:
+    """Random (history prefix -> next item) pairs from the training split."""
+    rng = np.random.default_rng(seed)
+    seqs = [s for s in ck.train.sequences().values() if len(s) > 1]
+    out = []
+    for j in rng.integers(len(seqs), size=n):
+        s = seqs[int(j)]
+        t = int(rng.integers(1, len(s)))
+        out.append(Example(s[:t], int(s[t]), IMPLICIT, 1.0, 0.0))
+    return out
+
+
+def build_learner(model_dir: Path, cache_dir: Path, store: AdapterStore, adapter: AdapterSettings,
+                  online: OnlineConfig, guard: GuardConfig, metrics: LearnerMetrics,
+                  fisher_examples: int = 1024) -> Learner:  # fmt: skip
+    ck = open_checkpoint(model_dir, cache_dir)
+    torch.manual_seed(0)
+    module = ServingAdapter(ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0]), adapter.rank)
+    trainer = OnlineTrainer(ck.model, module, online)
+    examples = training_examples(ck, fisher_examples)
+    trainer.fit_fisher([examples[i : i + 64] for i in range(0, len(examples), 64)])
+    index = {x: i for i, x in enumerate(ck.data.item_ids)}
+    histories = {u: [index[i] for i, _ in h] for u, h in dataset_histories(ck.data).items()}
+    return Learner(trainer, ck.data.item_ids, histories, store, checkpoint_version(model_dir), adapter.key(),
+                   metrics, guard)  # fmt: skip
+
+
+async def resume(learner: Learner) -> int:
+    """Continue from the store's current adapter if it was trained for this model; returns its version."""
+    version = await learner.store.current()
+    fields = await learner.store.fetch(version) if version else None
+    if fields is None:
+        return 0
+    shapes = {k: tuple(v.shape) for k, v in learner.published_state.items()}
+    try:
+        manifest, tensors = decode(fields, learner.key, shapes, newer_than=0)
+    except AdapterRejectedError as e:
+        log.warning("adapter_not_resumed", version=version, reason=e.reason)
+        return 0
+    if manifest.base_model != learner.base_model:
+        return 0
+    learner.trainer.load(tensors)
+    learner.published_state, learner.version, learner.events_seen = tensors, version, manifest.events_seen
+    log.info("adapter_resumed", version=version)
+    return version
