@@ -15,6 +15,7 @@ from common.adapter_store import AdapterStore
 from common.settings import AdapterSettings
 from learner.metrics import LearnerMetrics
 from learner.pipeline import GuardConfig, Learner
+from learner.settings import LearnerSettings
 from learner.trainer import IMPLICIT, Example, OnlineConfig, OnlineTrainer
 from models.adapter import ServingAdapter
 from retrieval.history import dataset_histories
@@ -68,3 +69,11 @@ async def resume(learner: Learner) -> int:
     learner.published_state, learner.version, learner.events_seen = tensors, version, manifest.events_seen
     log.info("adapter_resumed", version=version)
     return version
+
+
+def learner_from_settings(s: LearnerSettings, store: AdapterStore, metrics: LearnerMetrics) -> Learner:
+    o, g = s.online, s.guard
+    online = OnlineConfig(lr=o.lr, momentum=o.momentum, importance_threshold=o.importance_threshold,
+                          lambda_ewc=o.lambda_ewc, history_len=o.history_len)  # fmt: skip
+    guard = GuardConfig(g.holdout_every, g.holdout_size, g.margin)
+    return build_learner(s.model_dir, s.cache_dir, store, s.adapter, online, guard, metrics)

@@ -93,9 +93,9 @@ class OnlineTrainer:
 
     def base_users(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
         """(B, D) the frozen user model over each history."""
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: the adapter's autograd graph starts from these
             seq = pad_histories([h[-self.config.history_len :] for h in histories], self.config.history_len)
-            return self.model.user_vectors(seq).clone()
+            return self.model.user_vectors(seq)
 
     def losses(self, batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example loss (B,) and the batch's mean predictive entropy."""
@@ -112,6 +112,9 @@ class OnlineTrainer:
     def step(self, batch: Sequence[Example]) -> StepStats:
         c = self.config
         per, entropy = self.losses(batch)
+        if not torch.isfinite(per).all():
+            self.skipped += 1
+            return StepStats(float("nan"), 0.0, 0.0, 0.0, True)
         weights = self._reliability(batch, per.detach())
         data_loss = (weights * per).mean()
         data_grads = torch.autograd.grad(data_loss, list(self.params.values()))
@@ -122,7 +125,7 @@ class OnlineTrainer:
             grads = [g + c.lambda_ewc * self.fisher[k] * drift[k] for k, g in zip(self.params, data_grads, strict=True)]
         if not torch.isfinite(data_loss) or any(not torch.isfinite(g).all() for g in grads):
             self.skipped += 1
-            return StepStats(float("nan"), float(ewc), 0.0, 0.0, True)
+            return StepStats(float("nan"), float(ewc), 0.0, 0.0, True)  # e.g. an exploding EWC pull
         lr = c.lr * max(c.min_lr_scale, 1.0 - float(entropy) / math.log(self.items.shape[0]))
         moved = total = 0
         with torch.no_grad():
@@ -133,7 +136,7 @@ class OnlineTrainer:
                 self.fisher[k].mul_(c.fisher_decay).add_((1 - c.fisher_decay) * gd**2)
                 moved, total = moved + int(mask.sum()), total + mask.numel()
         self._maybe_consolidate(len(batch))
-        return StepStats(float(data_loss), float(ewc), lr, moved / max(total, 1), False)
+        return StepStats(float(data_loss.detach()), float(ewc), lr, moved / max(total, 1), False)
 
     def _reliability(self, batch: Sequence[Example], per: torch.Tensor) -> torch.Tensor:
         """Eq. 31-32: inverse running loss variance per feedback group, mean 1 over present groups."""

@@ -11,6 +11,9 @@ import typer
 import uvicorn
 from fastapi import FastAPI
 
+from common.adapter_store import AdapterStore
+from learner.settings import LearnerSettings
+from llm4rec.embedded import adapter_store, attach_learner
 from models.data import RecDataset
 from recdata import CONVERTERS, DatasetError, convert, load_dataset
 from retrieval.catalog import build_item_index
@@ -267,14 +270,20 @@ def serve_cmd(
             raise _fail(f"no checkpoint at {settings.model_dir}")
         typer.echo(f"no model at {settings.model_dir}: training one on ml-latest-small (at most {time_budget:.0f} s)")
         train_cmd(out=settings.model_dir, time_budget=time_budget, cache_dir=settings.cache_dir)
-    asyncio.run(_serve_and_announce(create_app(settings), host, port))
+    embedded = not settings.kafka.bootstrap_servers  # no Kafka: the learner runs in this process
+    learner_settings = LearnerSettings()
+    store = adapter_store(learner_settings, settings.redis_url) if embedded else None
+    asyncio.run(_serve_and_announce(create_app(settings, adapter_store=store), host, port, learner_settings, store))
 
 
-async def _serve_and_announce(app: FastAPI, host: str, port: int) -> None:
+async def _serve_and_announce(app: FastAPI, host: str, port: int, learner_settings: LearnerSettings,
+                              store: AdapterStore | None) -> None:  # fmt: skip
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.1)
+    if server.started and store is not None:
+        await attach_learner(app, learner_settings, store)
     if server.started:
         user = app.state.components.checkpoint.data.user_ids[0]
         base = f"http://{host}:{port}"

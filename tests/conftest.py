@@ -15,7 +15,7 @@ from models.scoring import TrainData
 from models.splits import Split, leave_one_out
 from recdata import load_dataset
 from recdata.tables import DatasetSpec, Tables
-from training.llm4rec_train import Switches, build_model
+from training.llm4rec_train import Switches, build_model, save_checkpoint
 
 
 def make_dataset(users: list[list[int]], num_items: int, genders: list[int] | None = None) -> RecDataset:
@@ -108,3 +108,11 @@ def small_trained(tmp_path_factory: pytest.TempPathFactory) -> SmallTrained:
     model.eval()
     model.serve_gamma = float(model.gamma.detach())
     return SmallTrained(model, data, split, train, root / "data", root / "cache")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(small_trained: SmallTrained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt")
+    extra = {"dataset_ref": str(small_trained.folder), "run": {"split": "leave-one-out", "min_rating": None, "seed": 0}}
+    save_checkpoint(out, small_trained.model, small_trained.data, Switches(), extra)
+    return out

@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 from service.app import create_app
 from service.settings import FeedbackSettings, IndexSettings, Settings
 from tests.conftest import SmallTrained
-from training.llm4rec_train import Switches, save_checkpoint
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -27,14 +26,6 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture(scope="session")
-def checkpoint(small_trained: SmallTrained, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt")
-    extra = {"dataset_ref": str(small_trained.folder), "run": {"split": "leave-one-out", "min_rating": None, "seed": 0}}
-    save_checkpoint(out, small_trained.model, small_trained.data, Switches(), extra)
-    return out
 
 
 @pytest.fixture

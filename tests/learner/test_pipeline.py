@@ -1,0 +1,89 @@
+"""One micro-batch through the learner: dedupe, publish, guardrail, all-or-nothing on failure."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.adapter import decode
+from common.adapter_store import MemoryAdapterStore
+from common.events import FeedbackEvent
+from common.settings import AdapterSettings
+from learner.build import build_learner
+from learner.metrics import LearnerMetrics
+from learner.pipeline import GuardConfig, Learner
+from learner.trainer import OnlineConfig
+from tests.conftest import SmallTrained
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _learner(checkpoint: Path, st: SmallTrained, store: MemoryAdapterStore, guard: GuardConfig = GuardConfig(0),
+             **online: float) -> Learner:  # fmt: skip
+    adapter = AdapterSettings(signing_key="k")  # type: ignore[arg-type]
+    return build_learner(checkpoint, st.cache, store, adapter, OnlineConfig(**online), guard,  # type: ignore[arg-type]
+                         LearnerMetrics(), fisher_examples=64)  # fmt: skip
+
+
+def _likes(user: str, items: Sequence[int]) -> list[FeedbackEvent]:
+    return [FeedbackEvent(event_id=uuid.uuid4().hex, user_id=user, item_id=f"m{i}", type="like",  # type: ignore[arg-type]
+                          timestamp=1_700_000_000 + n) for n, i in enumerate(items)]  # fmt: skip
+
+
+async def test_a_batch_is_published_once_and_replays_are_skipped(checkpoint: Path, small_trained: SmallTrained) -> None:
+    store = MemoryAdapterStore()
+    learner = _learner(checkpoint, small_trained, store)
+    events = [*_likes("u1", range(20, 30)), FeedbackEvent(user_id="u1", item_id="nope", type="view")]  # type: ignore[arg-type]
+    out = await learner.process(events)
+    assert (out.applied, out.duplicates, out.unknown, out.version) == (10, 0, 1, 1)
+    fields = await store.fetch(1)
+    assert fields is not None
+    manifest, tensors = decode(fields, b"k", {k: v.shape for k, v in learner.published_state.items()}, 0)
+    assert manifest.events_seen == 11
+    assert np.any(tensors["B"] != 0)  # the update moved the adapter off the identity
+    again = await learner.process(events[:5])  # redelivered after a crash before the offset commit
+    assert (again.applied, again.duplicates, again.version) == (0, 5, None)
+    assert await store.current() == 1
+
+
+async def test_the_guardrail_refuses_an_update_that_hurts_the_holdout(checkpoint: Path, small_trained: SmallTrained) -> None:
+    store = MemoryAdapterStore()
+    learner = _learner(checkpoint, small_trained, store, GuardConfig(holdout_every=3), lr=500.0, momentum=0.0)
+    before = learner.trainer.state()
+    events = _likes("u1", list(range(20, 40)) * 3)  # a wild step on a sci-fi fan
+    out = await learner.process(events)
+    assert out.rejected and out.version is None
+    assert await store.current() == 0
+    assert all(np.array_equal(before[k], v) for k, v in learner.trainer.state().items())
+    assert all(await store.applied([e.event_id for e in events]))  # processed: a redelivery is skipped
+
+
+async def test_a_failed_publish_leaves_nothing_half_done(checkpoint: Path, small_trained: SmallTrained) -> None:
+    class Flaky(MemoryAdapterStore):
+        fail = True
+
+        async def publish(self, version: int, fields: dict[str, bytes], event_ids: Sequence[str]) -> None:
+            if self.fail:
+                raise ConnectionError("redis went away")
+            await super().publish(version, fields, event_ids)
+
+    store = Flaky()
+    learner = _learner(checkpoint, small_trained, store)
+    events = _likes("u1", range(20, 26))
+    state, history = learner.trainer.state(), list(learner.histories["u1"])
+    with pytest.raises(ConnectionError):
+        await learner.process(events)
+    assert all(np.array_equal(state[k], v) for k, v in learner.trainer.state().items())
+    assert learner.histories["u1"] == history
+    store.fail = False
+    assert (await learner.process(events)).version == 1  # the retry applies the batch exactly once
+    assert learner.histories["u1"][-6:] == list(range(20, 26))
