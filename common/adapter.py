@@ -57,7 +57,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
 
 
-def _mac(key: bytes, manifest: bytes, weights: bytes) -> str:
+def sign(key: bytes, manifest: bytes, weights: bytes) -> str:
     h = hmac.new(key, digestmod=hashlib.sha256)
     for part in (manifest, weights):  # length-prefixed: no shifting bytes between the two parts
         h.update(len(part).to_bytes(8, "big"))
@@ -68,7 +68,7 @@ def _mac(key: bytes, manifest: bytes, weights: bytes) -> str:
 def encode(tensors: dict[str, np.ndarray], manifest: Manifest, key: bytes | None) -> dict[str, bytes]:
     weights = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
     raw = json.dumps(asdict(manifest), sort_keys=True).encode()
-    signature = _mac(key, raw, weights) if key else ""
+    signature = sign(key, raw, weights) if key else ""
     return {"manifest": raw, "weights": weights, "signature": signature.encode()}
 
 
@@ -80,7 +80,7 @@ def decode(fields: dict[bytes, bytes], key: bytes | None, expect: dict[str, tupl
         raise AdapterRejectedError("corrupt", "manifest or weights missing")
     if len(weights) + len(raw) > MAX_BLOB_BYTES:
         raise AdapterRejectedError("oversized", f"{len(weights) + len(raw)} bytes")
-    if key is not None and not hmac.compare_digest(sig, _mac(key, raw, weights).encode()):
+    if key is not None and not hmac.compare_digest(sig, sign(key, raw, weights).encode()):
         raise AdapterRejectedError("signature", "HMAC does not verify")
     try:
         m = Manifest(**json.loads(raw))

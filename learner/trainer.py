@@ -81,7 +81,7 @@ class OnlineTrainer:
     def __init__(self, model: LLM4Rec, adapter: ServingAdapter, config: OnlineConfig = OnlineConfig()) -> None:
         self.model, self.adapter, self.config = model.eval(), adapter, config
         with torch.no_grad():
-            self.items = model.item_vectors()[0].detach()  # (N, D) fixed between re-trainings
+            self.items = model.item_vectors()[0].detach().clone()  # (N, D) fixed between re-trainings; own copy
             self.pop = model.popularity_term(model.serve_gamma).detach()  # (N,)
         self.params = dict(adapter.named_parameters())
         self.velocity = {k: torch.zeros_like(p) for k, p in self.params.items()}

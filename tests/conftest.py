@@ -1,20 +1,33 @@
-"""Small datasets built in code, so tests run in seconds and state exactly what they contain."""
+"""Shared fixtures: small datasets built in code (tests run in seconds and state exactly what they
+contain), a briefly trained model and its checkpoint, and the service served through httpx with its
+lifespan, with settings pointing at the real Redis (a unique key prefix per test)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from redis.asyncio import Redis
 
+from common.adapter_store import AdapterStore
 from models.data import CategoricalField, Interactions, RecDataset, UserAttribute
 from models.llm4rec import LLM4Rec
 from models.scoring import TrainData
 from models.splits import Split, leave_one_out
 from recdata import load_dataset
 from recdata.tables import DatasetSpec, Tables
+from service.app import create_app
+from service.settings import FeedbackSettings, IndexSettings, Settings
 from training.llm4rec_train import Switches, build_model, save_checkpoint
 
 
@@ -116,3 +129,53 @@ def checkpoint(small_trained: SmallTrained, tmp_path_factory: pytest.TempPathFac
     extra = {"dataset_ref": str(small_trained.folder), "run": {"split": "leave-one-out", "min_rating": None, "seed": 0}}
     save_checkpoint(out, small_trained.model, small_trained.data, Switches(), extra)
     return out
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def prefix() -> AsyncIterator[str]:
+    p = f"test:svc:{uuid.uuid4().hex}:"
+    yield p
+    redis = Redis.from_url(REDIS_URL)
+    keys = [k async for k in redis.scan_iter(match=p + "*")]
+    if keys:
+        await redis.delete(*keys)
+    await redis.aclose()
+
+
+@pytest.fixture
+def settings(checkpoint: Path, small_trained: SmallTrained, tmp_path: Path, prefix: str) -> Settings:
+    return Settings(
+        model_dir=checkpoint, cache_dir=small_trained.cache, redis_url=REDIS_URL, history_prefix=prefix + "history:",
+        index=IndexSettings(location=str(tmp_path / "index")),
+        feedback=FeedbackSettings(spool_dir=tmp_path / "spool", dedupe_prefix=prefix + "event:"),
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def serve(
+    settings: Settings, adapter_store: AdapterStore | None = None
+) -> AsyncIterator[tuple[AsyncClient, FastAPI]]:
+    app = create_app(settings, adapter_store=adapter_store)
+    async with (
+        LifespanManager(app) as manager,
+        AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as c,
+    ):
+        yield c, app
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
+    async with serve(settings) as (c, _):
+        yield c
+
+
+def with_(settings: Settings, **changes: Any) -> Settings:
+    return settings.model_copy(update=changes)

@@ -27,10 +27,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _learner(checkpoint: Path, st: SmallTrained, store: MemoryAdapterStore, guard: GuardConfig = GuardConfig(0),
+def _learner(checkpoint: Path, st: SmallTrained, store: MemoryAdapterStore, guard: GuardConfig | None = None,
              **online: float) -> Learner:  # fmt: skip
     adapter = AdapterSettings(signing_key="k")  # type: ignore[arg-type]
-    return build_learner(checkpoint, st.cache, store, adapter, OnlineConfig(**online), guard,  # type: ignore[arg-type]
+    return build_learner(checkpoint, st.cache, store, adapter, OnlineConfig(**online), guard or GuardConfig(0),  # type: ignore[arg-type]
                          LearnerMetrics(), fisher_examples=64)  # fmt: skip
 
 
@@ -55,13 +55,16 @@ async def test_a_batch_is_published_once_and_replays_are_skipped(checkpoint: Pat
     assert await store.current() == 1
 
 
-async def test_the_guardrail_refuses_an_update_that_hurts_the_holdout(checkpoint: Path, small_trained: SmallTrained) -> None:
+async def test_the_guardrail_refuses_an_update_that_hurts_the_holdout(
+    checkpoint: Path, small_trained: SmallTrained
+) -> None:
     store = MemoryAdapterStore()
     learner = _learner(checkpoint, small_trained, store, GuardConfig(holdout_every=3), lr=500.0, momentum=0.0)
     before = learner.trainer.state()
     events = _likes("u1", list(range(20, 40)) * 3)  # a wild step on a sci-fi fan
     out = await learner.process(events)
-    assert out.rejected and out.version is None
+    assert out.rejected
+    assert out.version is None
     assert await store.current() == 0
     assert all(np.array_equal(before[k], v) for k, v in learner.trainer.state().items())
     assert all(await store.applied([e.event_id for e in events]))  # processed: a redelivery is skipped

@@ -43,7 +43,9 @@ def test_steps_move_the_users_ranking_towards_the_feedback(small_trained: SmallT
 
 def test_the_importance_threshold_selects_fewer_parameters(small_trained: SmallTrained) -> None:
     batch = _romance_binge([0, 3, 5])
-    fractions = [_trainer(small_trained, importance_threshold=tau).step(batch).updated_fraction for tau in (0, 0.2, 0.6)]
+    fractions = [
+        _trainer(small_trained, importance_threshold=tau).step(batch).updated_fraction for tau in (0, 0.2, 0.6)
+    ]
     assert fractions[0] == 1.0
     assert fractions[0] > fractions[1] > fractions[2] > 0
 

@@ -9,8 +9,7 @@ from httpx import AsyncClient
 from redis.asyncio import Redis
 
 from retrieval.history import RedisHistoryStore
-from tests.conftest import SmallTrained
-from tests.service.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, SmallTrained
 
 pytestmark = pytest.mark.anyio
 

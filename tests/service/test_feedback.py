@@ -14,8 +14,8 @@ from pydantic import SecretStr
 from common.events import FeedbackEvent
 from common.settings import KafkaSettings
 from service.settings import ApiSettings, Settings
+from tests.conftest import serve, with_
 from tests.kafka_mock import mock_kafka, read_topic
-from tests.service.conftest import serve, with_
 
 pytestmark = pytest.mark.anyio
 

@@ -26,7 +26,7 @@ from service.llm_explain import (
 from service.llm_rerank import LlamaCppReranker, choice_grammar, promote
 from service.metrics import Metrics
 from service.settings import ExplainSettings, RerankSettings, Settings
-from tests.service.conftest import serve, with_
+from tests.conftest import serve, with_
 
 ITEMS = [
     ToWord("Toy Story (1995)", ("Animation", "Comedy"),
