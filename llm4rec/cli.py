@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -10,8 +11,10 @@ from typing import Annotated
 import typer
 import uvicorn
 from fastapi import FastAPI
+from redis.asyncio import Redis
 
-from common.adapter_store import AdapterStore
+from common.adapter import AdapterRejectedError, Manifest, decode, encode
+from common.adapter_store import AdapterStore, RedisAdapterStore
 from learner.settings import LearnerSettings
 from llm4rec.embedded import adapter_store, attach_learner
 from models.data import RecDataset
@@ -293,3 +296,59 @@ async def _serve_and_announce(app: FastAPI, host: str, port: int, learner_settin
                    f"  curl -s {base}/feedback -H 'content-type: application/json' "
                    f"""-d '{{"events": [{{"user_id": "{user}", "item_id": "1", "type": "like"}}]}}'""")  # fmt: skip
     await task
+
+
+@app.command("learn")
+def learn_cmd() -> None:
+    """Run the streaming learner on the RECSYS_ settings (Kafka feedback -> adapters in Redis)."""
+    from learner.__main__ import main as learner_main
+
+    asyncio.run(learner_main(LearnerSettings()))
+
+
+adapter_app = typer.Typer(help="Adapter versions in Redis.", no_args_is_help=True)
+app.add_typer(adapter_app, name="adapter")
+
+
+@adapter_app.command("list")
+def adapter_list() -> None:
+    """Stored versions and which one is served."""
+    asyncio.run(_adapter_list(LearnerSettings()))
+
+
+@adapter_app.command("rollback")
+def adapter_rollback(version: int) -> None:
+    """Serve an older version again: it is re-published, signed, under a new (higher) version number,
+    because the service only ever moves forward."""
+    try:
+        new = asyncio.run(_adapter_rollback(LearnerSettings(), version))
+    except AdapterRejectedError as e:
+        raise _fail(str(e)) from e
+    typer.echo(f"version {version} re-published as {new}")
+
+
+async def _adapter_list(s: LearnerSettings) -> None:
+    redis = Redis.from_url(s.redis_url)
+    store = RedisAdapterStore(redis, s.adapter.prefix, s.adapter.keep)
+    current = await store.current()
+    for v in await store.versions():
+        typer.echo(f"{v}{'  (served)' if v == current else ''}")
+    await redis.aclose()
+
+
+async def _adapter_rollback(s: LearnerSettings, version: int) -> int:
+    redis = Redis.from_url(s.redis_url)
+    try:
+        store = RedisAdapterStore(redis, s.adapter.prefix, s.adapter.keep)
+        fields = await store.fetch(version)
+        if fields is None:
+            raise AdapterRejectedError("missing", f"version {version} is not stored (kept: {await store.versions()})")
+        old = json.loads(fields[b"manifest"])
+        shapes = {k: tuple(v) for k, v in old["shapes"].items()}
+        manifest, tensors = decode(fields, s.adapter.key(), shapes, newer_than=0)
+        new = await store.current() + 1
+        republished = Manifest(new, manifest.base_model, old["shapes"], manifest.events_seen)
+        await store.publish(new, encode(tensors, republished, s.adapter.key()), [])
+        return new
+    finally:
+        await redis.aclose()

@@ -76,3 +76,52 @@ def test_eval_sampled_protocol_and_temporal_split(tmp_path: Path) -> None:
                                      "--out", str(tmp_path / "r")])  # fmt: skip
         assert result.exit_code == 0, result.output
         assert "HR@10" in json.loads((tmp_path / "r" / "results.json").read_text())["results"]["mostpop"]
+
+
+def test_adapter_rollback_republishes_an_old_version_signed_and_newer(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import uuid
+
+    import numpy as np
+    from redis.asyncio import Redis
+
+    from common.adapter import Manifest, decode, encode
+    from common.adapter_store import RedisAdapterStore
+
+    prefix = f"test:cli:{uuid.uuid4().hex}:"
+    monkeypatch.setenv("RECSYS_ADAPTER__PREFIX", prefix)
+    monkeypatch.setenv("RECSYS_ADAPTER__SIGNING_KEY", "k")
+    shapes = {"A": (2, 3), "B": (3, 2), "item_bias": (4,)}
+
+    async def setup() -> None:
+        redis = Redis.from_url("redis://127.0.0.1:6379/0")
+        store = RedisAdapterStore(redis, prefix)
+        for v in (1, 2):
+            t = {k: np.full(s, v / 10, np.float32) for k, s in shapes.items()}
+            await store.publish(v, encode(t, Manifest(v, "base", {k: list(s) for k, s in shapes.items()}, v), b"k"), [])
+        await redis.aclose()
+
+    async def served() -> tuple[int, float]:
+        redis = Redis.from_url("redis://127.0.0.1:6379/0")
+        store = RedisAdapterStore(redis, prefix)
+        v = await store.current()
+        fields = await store.fetch(v)
+        assert fields is not None
+        _, tensors = decode(fields, b"k", shapes, 0)
+        keys = [k async for k in redis.scan_iter(match=prefix + "*")]
+        await redis.delete(*keys)
+        await redis.aclose()
+        return v, float(tensors["item_bias"][0])
+
+    asyncio.run(setup())
+    listed = runner.invoke(app, ["adapter", "list"])
+    assert listed.exit_code == 0
+    assert listed.stdout.split() == ["1", "2", "(served)"]
+    r = runner.invoke(app, ["adapter", "rollback", "1"])
+    assert r.exit_code == 0, r.output
+    assert "re-published as 3" in r.stdout
+    missing = runner.invoke(app, ["adapter", "rollback", "9"])
+    assert missing.exit_code == 2
+    version, bias = asyncio.run(served())
+    assert version == 3
+    assert bias == pytest.approx(0.1)
