@@ -49,10 +49,10 @@ def example_of(e: FeedbackEvent, history: np.ndarray, item: int) -> Example:
     """Eq. 31-32's two signals: ratings are explicit (graded around the 2.5 midpoint), the rest implicit."""
     if e.type is EventType.rating and e.value is not None:
         v = (e.value - 2.5) / 2.5
-        return Example(history, item, EXPLICIT, max(v, 0.0), max(-v, 0.0))
+        return Example(history, item, EXPLICIT, max(v, 0.0), max(-v, 0.0), e.user_id)
     if e.type is EventType.dislike:
-        return Example(history, item, IMPLICIT, 0.0, 1.0)
-    return Example(history, item, IMPLICIT, 1.0, 0.0)
+        return Example(history, item, IMPLICIT, 0.0, 1.0, e.user_id)
+    return Example(history, item, IMPLICIT, 1.0, 0.0, e.user_id)
 
 
 class Learner:

@@ -41,6 +41,7 @@ class OnlineConfig:
     min_lr_scale: float = 0.1
     reliability_decay: float = 0.95
     history_len: int = 50  # newest items the user model reads in the learner (cost is linear in it)
+    refresh_every: int = 5  # a user's frozen-model vector is recomputed once their history grew by this much
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Example:
     group: str  # EXPLICIT | IMPLICIT
     positive: float  # weight of "the user wants this item" (next-item cross-entropy)
     negative: float  # weight of "the user does not want it" (unlikelihood, -log(1 - p))
+    user: str = ""  # whose history: keys the frozen-model vector cache ("" = not cached)
 
 
 @dataclass(frozen=True)
@@ -90,16 +92,34 @@ class OnlineTrainer:
         self.loss_var = {EXPLICIT: 1.0, IMPLICIT: 1.0}
         self.events_since_anchor = 0
         self.skipped = 0
+        self._user_cache: dict[str, tuple[int, torch.Tensor]] = {}
 
-    def base_users(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
-        """(B, D) the frozen user model over each history."""
-        with torch.no_grad():  # not inference_mode: the adapter's autograd graph starts from these
-            seq = pad_histories([h[-self.config.history_len :] for h in histories], self.config.history_len)
-            return self.model.user_vectors(seq)
+    def base_users(self, histories: Sequence[np.ndarray], users: Sequence[str] = ()) -> torch.Tensor:
+        """(B, D) the frozen user model over each history. With `users`, a user's vector is reused
+        until their history has grown by `refresh_every` items: the frozen model's view of a user moves
+        slowly, and re-encoding every history on every event is most of the learner's cost."""
+        keys = list(users) or [""] * len(histories)
+        todo = [j for j, (k, h) in enumerate(zip(keys, histories, strict=True)) if self._stale(k, len(h))]
+        fresh = {}
+        if todo:
+            with torch.no_grad():  # not inference_mode: the adapter's autograd graph starts from these
+                L = self.config.history_len
+                seq = pad_histories([histories[j][-L:] for j in todo], L)
+                fresh = dict(zip(todo, self.model.user_vectors(seq), strict=True))
+        for j, v in fresh.items():
+            if keys[j]:
+                self._user_cache[keys[j]] = (len(histories[j]), v)
+        if len(self._user_cache) > 200_000:
+            self._user_cache.clear()
+        return torch.stack([fresh[j] if j in fresh else self._user_cache[keys[j]][1] for j in range(len(keys))])
+
+    def _stale(self, user: str, history_len: int) -> bool:
+        cached = self._user_cache.get(user) if user else None
+        return cached is None or history_len - cached[0] >= self.config.refresh_every
 
     def losses(self, batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example loss (B,) and the batch's mean predictive entropy."""
-        u = self.base_users([e.history for e in batch])
+        u = self.base_users([e.history for e in batch], [e.user for e in batch])
         logp = torch.log_softmax(self.adapter.scores(u, self.items, self.pop), dim=1)  # (B, N)
         idx = torch.tensor([e.item for e in batch])
         lp = logp[torch.arange(len(batch)), idx]
