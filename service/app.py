@@ -131,9 +131,12 @@ def _observe(m: Metrics, c: Components, r: Result) -> None:
     if not r.items:
         return
     m.recommended_items.inc(len(r.items))
+    ids = [c.item_index[it.item_id] for it in r.items]
+    c.recommended.update(ids)
+    m.recommended_coverage.set(len(c.recommended) / max(len(c.item_index), 1))
     m.recommended_popularity.set(float(np.mean([it.payload.get("popularity", 0) for it in r.items])))
     if len(r.items) > 1:
-        unit = unit_rows(c.vectors[[c.item_index[it.item_id] for it in r.items], :-1])
+        unit = unit_rows(c.vectors[ids, :-1])
         n = len(r.items)
         m.recommended_diversity.set(1.0 - float(((unit @ unit.T).sum() - n) / (n * (n - 1))))
 

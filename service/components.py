@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class Components:
     model_version: str
     engine: IndexEngine | None = None  # closed at shutdown
     title_vectors: np.ndarray | None = None  # (N, 384) RAG queries per item, embedded once at startup
+    recommended: set[int] = field(default_factory=set)  # items ever recommended: the coverage gauge
 
     async def close(self) -> None:
         if self.redis is not None:

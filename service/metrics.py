@@ -29,6 +29,8 @@ class Metrics:
         self.recommended_diversity = Gauge("recsys_recommended_diversity",
                                            "Intra-list diversity (1 - mean cosine) of the last list served",
                                            registry=r)  # fmt: skip
+        self.recommended_coverage = Gauge("recsys_recommended_coverage", "Catalogue share recommended since start",
+                                          registry=r)  # fmt: skip
         self.recommended_items = Counter("recsys_recommended_items_total", "Items recommended", registry=r)
         self.feedback_accepted = Counter("recsys_feedback_accepted_total", "Feedback events accepted (durable)",
                                          registry=r)  # fmt: skip
