@@ -42,6 +42,7 @@ class OnlineConfig:
     reliability_decay: float = 0.95
     history_len: int = 50  # newest items the user model reads in the learner (cost is linear in it)
     refresh_every: int = 5  # a user's frozen-model vector is recomputed once their history grew by this much
+    negatives: int = 1024  # sampled-softmax negatives per step (0: full softmax)
 
 
 @dataclass(frozen=True)
@@ -117,16 +118,32 @@ class OnlineTrainer:
         cached = self._user_cache.get(user) if user else None
         return cached is None or history_len - cached[0] >= self.config.refresh_every
 
-    def losses(self, batch: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example loss (B,) and the batch's mean predictive entropy."""
-        u = self.base_users([e.history for e in batch], [e.user for e in batch])
-        logp = torch.log_softmax(self.adapter.scores(u, self.items, self.pop), dim=1)  # (B, N)
+    def losses(self, batch: Sequence[Example], full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example loss (B,) and the batch's mean predictive entropy (normalised to [0, 1]).
+
+        Training steps use a sampled softmax (the targets against `negatives` items drawn uniformly,
+        with the logQ correction; Bengio & Senecal 2008): the full catalogue is most of a step's cost.
+        `full` scores every item (the guardrail's exact yardstick)."""
+        u = self.adapter.user(self.base_users([e.history for e in batch], [e.user for e in batch]))  # (B, D)
         idx = torch.tensor([e.item for e in batch])
-        lp = logp[torch.arange(len(batch)), idx]
+        rows = torch.arange(len(batch))
+        N, K = self.items.shape[0], self.config.negatives
+        if full or K <= 0 or N <= 2 * K:
+            logp = torch.log_softmax(u @ self.items.T + self.adapter.item_bias + self.pop, dim=1)  # (B, N)
+            lp, norm = logp[rows, idx], math.log(N)
+        else:
+            cand = torch.cat([idx, torch.randint(N, (K,))])  # (B + K,): every target is everyone's candidate
+            logits = u @ self.items[cand].T + self.adapter.item_bias[cand] + self.pop[cand]  # (B, B + K)
+            # uniform sampling: a negative stands for N / K items (logQ); targets enter once, exactly
+            logits = logits + torch.cat([torch.zeros(len(batch)), torch.full((K,), math.log(N / K))])
+            clash = (cand.unsqueeze(0) == idx.unsqueeze(1)) & ~torch.eye(len(batch), len(cand), dtype=torch.bool)
+            logp = torch.log_softmax(logits.masked_fill(clash, -torch.inf), dim=1)
+            lp, norm = logp[rows, rows], math.log(len(cand))  # entropy can reach log(candidates) at most
         pos = torch.tensor([e.positive for e in batch])
         neg = torch.tensor([e.negative for e in batch])
         per = pos * -lp + neg * -torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
-        entropy = -(logp.exp() * logp).sum(1).mean().detach()
+        p = logp.detach().exp()
+        entropy = -(p * logp.detach().nan_to_num(0.0, neginf=0.0)).sum(1).mean() / norm
         return per, entropy
 
     def step(self, batch: Sequence[Example]) -> StepStats:
@@ -146,7 +163,7 @@ class OnlineTrainer:
         if not torch.isfinite(data_loss) or any(not torch.isfinite(g).all() for g in grads):
             self.skipped += 1
             return StepStats(float("nan"), float(ewc), 0.0, 0.0, True)  # e.g. an exploding EWC pull
-        lr = c.lr * max(c.min_lr_scale, 1.0 - float(entropy) / math.log(self.items.shape[0]))
+        lr = c.lr * max(c.min_lr_scale, 1.0 - float(entropy))
         moved = total = 0
         with torch.no_grad():
             for (k, p), g, gd in zip(self.params.items(), grads, data_grads, strict=True):
@@ -192,7 +209,7 @@ class OnlineTrainer:
         if not batch:
             return 0.0
         with torch.no_grad():
-            per, _ = self.losses(batch)
+            per, _ = self.losses(batch, full=True)
         return float(per.mean())
 
     def snapshot(self) -> Snapshot:
