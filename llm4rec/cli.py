@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -352,3 +355,30 @@ async def _adapter_rollback(s: LearnerSettings, version: int) -> int:
         return new
     finally:
         await redis.aclose()
+
+
+@app.command("up")
+def up_cmd(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """The stack on this machine without Docker: the service, and the learner as its own process when
+    Kafka is configured (RECSYS_KAFKA__BOOTSTRAP_SERVERS; the learner then needs RECSYS_REDIS_URL). With
+    the embedded defaults the learner runs inside the service. Stops both on Ctrl-C or when one exits."""
+    settings = Settings()
+    commands = [[sys.executable, "-m", "llm4rec", "serve", "--host", host, "--port", str(port)]]
+    if settings.kafka.bootstrap_servers:
+        if not settings.redis_url:
+            raise _fail("the separate learner publishes adapters to Redis: set RECSYS_REDIS_URL")
+        commands.append([sys.executable, "-m", "learner"])
+    procs = [subprocess.Popen(c) for c in commands]
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+    codes = [p.returncode for p in procs]
+    if any(c not in (0, -15) for c in codes):
+        raise typer.Exit(code=1)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from llm4rec.cli import app
 from recdata.tables import DatasetSpec, Tables
+from tests.conftest import SmallTrained
 from tests.recdata.test_movielens import write_ml1m
 
 runner = CliRunner()
@@ -125,3 +126,52 @@ def test_adapter_rollback_republishes_an_old_version_signed_and_newer(monkeypatc
     version, bias = asyncio.run(served())
     assert version == 3
     assert bias == pytest.approx(0.1)
+
+
+def test_up_runs_service_and_learner_processes_against_kafka_and_redis(
+    checkpoint: Path, small_trained: SmallTrained, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    import httpx
+
+    from tests.kafka_mock import mock_kafka
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    port, metrics_port, prefix = free_port(), free_port(), f"test:up:{uuid.uuid4().hex}:"
+    with mock_kafka() as kafka:
+        env = {**os.environ, "RECSYS_MODEL_DIR": str(checkpoint), "RECSYS_CACHE_DIR": str(small_trained.cache),
+               "RECSYS_REDIS_URL": "redis://127.0.0.1:6379/0", "RECSYS_HISTORY_PREFIX": prefix + "h:",
+               "RECSYS_ADAPTER__PREFIX": prefix + "a:", "RECSYS_FEEDBACK__DEDUPE_PREFIX": prefix + "e:",
+               "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"), "RECSYS_INDEX__LOCATION": str(tmp_path / "ix"),
+               "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "RECSYS_KAFKA__GROUP_ID": prefix,
+               "RECSYS_LEARNER_METRICS_PORT": str(metrics_port), "RECSYS_GUARD__HOLDOUT_EVERY": "0"}  # fmt: skip
+        up = subprocess.Popen([sys.executable, "-m", "llm4rec", "up", "--port", str(port)], env=env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            version = 0
+            while time.monotonic() < deadline and version == 0:
+                time.sleep(0.5)
+                try:
+                    httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1).raise_for_status()
+                    events = [{"user_id": "u1", "item_id": f"m{i}", "type": "like"} for i in range(20, 30)]
+                    httpx.post(f"{base}/feedback", json={"events": events}, timeout=5).raise_for_status()
+                    r = httpx.post(f"{base}/recommend", json={"user_id": "u1", "k": 3}, timeout=5)
+                    version = r.json()["adapter_version"]
+                except httpx.HTTPError:
+                    continue
+            assert version > 0  # feedback went service -> Kafka -> learner process -> Redis -> service
+        finally:
+            up.send_signal(signal.SIGINT)
+            assert up.wait(60) == 0
