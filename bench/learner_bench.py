@@ -69,7 +69,7 @@ def throughput(model: Path, batches: int = 20, size: int = 256) -> str:
         asyncio.run(learner.process(b))
     rate = batches * size / (time.perf_counter() - t)
     return (f"### Throughput\n\n{rate:,.0f} events/s on one core ({batches} micro-batches of {size} random clicks on "
-            f"`{model.name}` after {WARM} warm-up batches, one torch thread, sampled softmax with 1,024 negatives, each "
+            f"`{model.name}` after {WARM} warm-up batches, one torch thread, sampled softmax (1,024 negatives), each "
             "batch published: encode, sign, store; a user's frozen-model vector is recomputed after every "
             "5 of their events).\n")  # fmt: skip
 
@@ -136,18 +136,20 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, **online
             else:  # the frozen model still reads the growing histories
                 for e in events:
                     learner.histories.setdefault(e.user_id, []).append(learner.item_index[e.item_id])
-        results[name] = (float(np.mean(hr)), float(np.mean(ndcg)), len(hr))
+        results[name] = (float(np.mean(hr)), float(np.mean(ndcg)), len(hr), float(np.std(hr) / np.sqrt(len(hr))))
     f, a = results["frozen"], results["adapting"]
     return ("### Prequential replay (recommend, then learn)\n\n"
             f"`{model.name}` trained on the first 80% of ml-latest-small by time; {a[2]:,} streamed events scored "
             f"(first-time user-item pairs after the cut, users with a history), batches of {batch}.\n\n"
-            "| model | HR@10 | NDCG@10 |\n|---|---|---|\n"
-            f"| frozen | {f[0]:.4f} | {f[1]:.4f} |\n| adapting (learner) | {a[0]:.4f} | {a[1]:.4f} |\n\n"
+            "| model | HR@10 (± s.e.) | NDCG@10 |\n|---|---|---|\n"
+            f"| frozen | {f[0]:.4f} ± {f[3]:.4f} | {f[1]:.4f} |\n"
+            f"| adapting (learner, defaults) | {a[0]:.4f} ± {a[3]:.4f} | {a[1]:.4f} |\n\n"
             f"Adapting vs frozen: HR@10 {100 * (a[0] / f[0] - 1):+.1f}%, "
             f"NDCG@10 {100 * (a[1] / f[1] - 1):+.1f}%.\n")  # fmt: skip
 
 
 def forgetting(model: Path, lambdas: tuple[float, ...] = (0.0, 1.0, 100.0), steps: int = 60) -> str:
+    """lambda 100 is the default."""
     ck = open_checkpoint(model, CACHE)
     test = ck.split.test
     genre = "Horror"

@@ -97,6 +97,14 @@ def run_wrk(url: str, users: list[str], concurrency: int, seconds: int) -> dict[
     return json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
 
 
+def healthz_rps(url: str, seconds: int) -> float:
+    """The same server answering GET /healthz at concurrency 8: the in-run baseline (this machine is
+    shared, so absolute requests/s move between runs; the ratio to this moves much less)."""
+    cmd = ["wrk", "-t1", "-c8", f"-d{seconds}s", f"{url}/healthz"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
 def stage_split(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
     """Mean milliseconds per request for each stage between two scrapes."""
     out = {}
@@ -164,6 +172,10 @@ def llm_added_latency(model: Path, port: int, users: list[str], n: int) -> str:
     return "\n".join(["| wording | p50 ms | p95 ms | template fallbacks |", "|---|---|---|---|", *out])
 
 
+def _rps(row: str) -> float:
+    return float(row.split("|")[5])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "runs/llm4rec")
@@ -181,6 +193,7 @@ def main() -> None:
     with service(args.model, args.port, env) as url:
         users = [str(u) for u in range(1, 501)]
         rows, split = load_table(url, users, [int(c) for c in args.concurrency.split(",")], args.duration)
+        baseline = healthz_rps(url, args.duration)
     head = ["| concurrency | p50 ms | p95 ms | p99 ms | requests/s | requests | errors |",
             "|---|---|---|---|---|---|---|"]  # fmt: skip
     stages = " · ".join(f"{k} {v:.2f} ms" for k, v in split.items())
@@ -189,7 +202,10 @@ def main() -> None:
             f"worker (`python -m uvicorn service.app:create_app --factory`), embedded defaults, history {history}, "
             "`POST /recommend` with k = 10 and template explanations (RAG context on) for random known users; wrk "
             f"on the same 2-core machine ({args.duration} s per level).\n\n"
-            + "\n".join(head + rows) + f"\n\nMean per request at concurrency 1: {stages}. User vectors are cached "
+            + "\n".join(head + rows) + f"\n\nBaseline in the same run: GET /healthz (no work) at concurrency 8 answers "
+            f"{baseline:,.0f} requests/s on this server; `/recommend` reaches "
+            f"{_rps(rows[min(1, len(rows) - 1)]) / baseline:.0%} of that at concurrency 8."
+            f"\n\nMean per request at concurrency 1: {stages}. User vectors are cached "
             "per exact history (they change only with feedback) and RAG entries per item for 10 minutes, so after "
             "the warm-up these figures are cache hits; a miss (the first request after a feedback event) costs the "
             f"user model over the history, measured in process with one thread: {uncached_user_encoding(args.model)}."

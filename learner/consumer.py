@@ -22,8 +22,10 @@ log = structlog.get_logger()
 async def run(learner: Learner, kafka: KafkaSettings, batch_size: int, max_wait_ms: int, metrics: LearnerMetrics,
               stop: asyncio.Event | None = None) -> None:  # fmt: skip
     assert kafka.bootstrap_servers, "the Kafka learner needs RECSYS_KAFKA__BOOTSTRAP_SERVERS"
+    # fetch_max_wait_ms: the broker holds a fetch no longer than a batch may wait (freshness)
     consumer = AIOKafkaConsumer(kafka.topic, bootstrap_servers=kafka.bootstrap_servers, group_id=kafka.group_id,
-                                enable_auto_commit=False, auto_offset_reset="earliest")  # fmt: skip
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=max_wait_ms)  # fmt: skip
     dead = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     await consumer.start()
     await dead.start()

@@ -20,7 +20,7 @@ class OnlineSettings(BaseModel):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     importance_threshold: float = Field(0.1, ge=0, le=1)
-    lambda_ewc: float = Field(1.0, ge=0)
+    lambda_ewc: float = Field(100.0, ge=0)
     history_len: int = Field(50, ge=1, le=1000)
 
 

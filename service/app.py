@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import numpy as np
@@ -38,6 +39,7 @@ from service.llm_explain import bundled_gguf, make_explainer
 from service.llm_rerank import LlamaCppReranker, Reranker
 from service.metrics import Metrics
 from service.middleware import RequestContext
+from service.ratelimit import TokenBuckets, retry_after
 from service.recommender import Query, Recommender, Result, unit_rows
 from service.settings import Settings
 from service.spool import Spool, SpoolError
@@ -104,6 +106,51 @@ class ItemsIn(Strict):
     items: list[ItemIn] = Field(min_length=1, max_length=1000)
 
 
+class EvidenceOut(BaseModel):
+    kind: Literal["aspect", "item", "context"]
+    id: str
+    label: str
+    score: float
+
+
+class ExplanationOut(BaseModel):
+    type: Literal["preference", "similarity", "context"]
+    text: str
+    weights: dict[str, float]
+    evidence: list[EvidenceOut]
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    score: float
+    rank: int
+    title: str | None
+    categories: list[str]
+    year: float | None
+    explanation: ExplanationOut | None = None
+
+
+class RecommendOut(BaseModel):
+    request_id: str
+    model_version: str
+    adapter_version: int
+    cold_start: bool
+    degraded: bool
+    gamma: float
+    items: list[ItemOut]
+
+
+class FeedbackOut(BaseModel):
+    accepted: int
+    duplicates: int
+    published: bool  # every accepted event acknowledged by Kafka (or the in-process sink) before answering
+
+
+class ItemsOut(BaseModel):
+    added: list[str]
+    existing: list[str]
+
+
 def _result_json(r: Result) -> dict[str, Any]:
     items = []
     for it in r.items:
@@ -166,8 +213,11 @@ def create_app(settings: Settings | None = None, components: Components | None =
     """adapter_store: where adapters come from; default Redis when configured, else an in-process
     store (the embedded learner publishes into the one it is given)."""
     settings = settings or Settings()
+    if settings.production and (settings.api.key is None or settings.adapter.signing_key is None):
+        raise ValueError("production mode needs RECSYS_API__KEY and RECSYS_ADAPTER__SIGNING_KEY")
     metrics = Metrics()
     key = settings.api.key.get_secret_value().encode() if settings.api.key else None
+    buckets = TokenBuckets(settings.api.write_rate_per_s, settings.api.write_burst)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -204,9 +254,15 @@ def create_app(settings: Settings | None = None, components: Components | None =
     app = FastAPI(title="LLM4Rec", version="0.1.0", lifespan=lifespan)
     app.add_middleware(RequestContext, metrics=metrics, max_body_bytes=settings.api.max_body_bytes)
 
-    async def require_key(x_api_key: Annotated[str | None, Header()] = None) -> None:
+    async def require_key(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
         if key is not None and not hmac.compare_digest((x_api_key or "").encode(), key):
             raise HTTPException(401, detail={"field": "X-API-Key", "reason": "missing or wrong API key"})
+        caller = x_api_key or (request.client.host if request.client else "unknown")
+        wait = buckets.take(hashlib.sha256(caller.encode()).hexdigest())  # never keep keys in memory as given
+        if wait > 0:
+            metrics.rate_limited.inc()
+            raise HTTPException(429, detail={"field": None, "reason": "write rate limit exceeded"},
+                                headers={"Retry-After": retry_after(wait)})  # fmt: skip
 
     write = [Depends(require_key)]
 
@@ -221,24 +277,25 @@ def create_app(settings: Settings | None = None, components: Components | None =
         return JSONResponse({"detail": {"field": None, "reason": "internal error"}}, 500)
 
     @app.post("/recommend")
-    async def recommend(body: RecommendIn, request: Request) -> dict[str, Any]:
+    async def recommend(body: RecommendIn, request: Request) -> RecommendOut:
         result = await request.app.state.recommender.recommend(body.to_query())
         _observe(metrics, request.app.state.components, result)
-        return _result_json(result)
+        # a declared response model: pydantic-core validates and writes the JSON (documented, and fast)
+        return RecommendOut.model_validate(_result_json(result))
 
     @app.post("/feedback", status_code=202, dependencies=write)
-    async def feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
+    async def feedback(body: FeedbackIn, request: Request) -> FeedbackOut:
         r = await request.app.state.feedback.ingest(body.events)
-        return {"accepted": r.accepted, "duplicates": r.duplicates, "published": r.published}
+        return FeedbackOut(accepted=r.accepted, duplicates=r.duplicates, published=r.published)
 
     @app.post("/items", dependencies=write)
-    async def add_items(body: ItemsIn, request: Request) -> dict[str, Any]:
+    async def add_items(body: ItemsIn, request: Request) -> ItemsOut:
         new = [NewItem(i.item_id, i.title, tuple(i.categories), i.year, i.text) for i in body.items]
         async with request.app.state.items_lock:  # one catalogue growth at a time
             added = await anyio.to_thread.run_sync(add_items_live, request.app.state.components, new,
                                                    settings.cache_dir)  # fmt: skip
         metrics.items_upserted.inc(len(added))
-        return {"added": added, "existing": [i.item_id for i in new if i.item_id not in set(added)]}
+        return ItemsOut(added=added, existing=[i.item_id for i in new if i.item_id not in set(added)])
 
     @app.get("/items/{item_id}")
     async def get_item(item_id: str, request: Request) -> dict[str, Any]:

@@ -53,5 +53,6 @@ class Metrics:
         self.adapter_swaps = Counter("recsys_adapter_swaps_total", "Adapter hot swaps", registry=r)
         self.adapter_rejections = Counter("recsys_adapter_rejections_total", "Adapters refused, by reason",
                                           ["reason"], registry=r)  # fmt: skip
+        self.rate_limited = Counter("recsys_rate_limited_total", "Write requests refused with 429", registry=r)
         self.items_upserted = Counter("recsys_items_upserted_total", "Items added through POST /items", registry=r)
         self.feedback_sink_up.set(1)

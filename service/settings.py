@@ -37,6 +37,8 @@ class FeedbackSettings(BaseModel):
 class ApiSettings(BaseModel):
     key: SecretStr | None = None  # when set, write endpoints require X-API-Key
     max_body_bytes: int = Field(1 << 20, ge=1_024, le=64 << 20)
+    write_rate_per_s: float = Field(50.0, gt=0)  # per API key (or client address): sustained write requests
+    write_burst: int = Field(100, ge=1)
 
 
 class ExplainSettings(BaseModel):
@@ -59,6 +61,7 @@ class RerankSettings(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore")
 
+    production: bool = False  # refuse to start without an API key and an adapter signing key
     model_dir: Path = Path("runs/llm4rec")
     cache_dir: Path = Path(".cache/text-embeddings")
     redis_url: str | None = None  # None: in-process history (embedded default)
