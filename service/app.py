@@ -15,7 +15,7 @@ import anyio
 import numpy as np
 import structlog
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -138,6 +138,22 @@ class RecommendOut(BaseModel):
     degraded: bool
     gamma: float
     items: list[ItemOut]
+
+
+class ErrorDetail(BaseModel):
+    field: str | None
+    reason: str
+
+
+class ErrorOut(BaseModel):
+    detail: ErrorDetail
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error answers a route can give (422 is documented by FastAPI)."""
+    text = {401: "missing or wrong API key", 404: "unknown id", 413: "body too large", 429: "rate limited",
+            500: "internal error", 503: "not durable, retry"}  # fmt: skip
+    return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
 
 
 class FeedbackOut(BaseModel):
@@ -276,19 +292,19 @@ def create_app(settings: Settings | None = None, components: Components | None =
         log.exception("request_failed")  # the trace goes to the log, never to the client
         return JSONResponse({"detail": {"field": None, "reason": "internal error"}}, 500)
 
-    @app.post("/recommend")
+    @app.post("/recommend", responses=_errors(413))
     async def recommend(body: RecommendIn, request: Request) -> RecommendOut:
         result = await request.app.state.recommender.recommend(body.to_query())
         _observe(metrics, request.app.state.components, result)
         # a declared response model: pydantic-core validates and writes the JSON (documented, and fast)
         return RecommendOut.model_validate(_result_json(result))
 
-    @app.post("/feedback", status_code=202, dependencies=write)
+    @app.post("/feedback", status_code=202, dependencies=write, responses=_errors(401, 413, 429, 503))
     async def feedback(body: FeedbackIn, request: Request) -> FeedbackOut:
         r = await request.app.state.feedback.ingest(body.events)
         return FeedbackOut(accepted=r.accepted, duplicates=r.duplicates, published=r.published)
 
-    @app.post("/items", dependencies=write)
+    @app.post("/items", dependencies=write, responses=_errors(401, 413, 429))
     async def add_items(body: ItemsIn, request: Request) -> ItemsOut:
         new = [NewItem(i.item_id, i.title, tuple(i.categories), i.year, i.text) for i in body.items]
         async with request.app.state.items_lock:  # one catalogue growth at a time
@@ -297,7 +313,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
         metrics.items_upserted.inc(len(added))
         return ItemsOut(added=added, existing=[i.item_id for i in new if i.item_id not in set(added)])
 
-    @app.get("/items/{item_id}")
+    @app.get("/items/{item_id}", responses=_errors(404))
     async def get_item(item_id: str, request: Request) -> dict[str, Any]:
         c: Components = request.app.state.components
         internal = c.item_index.get(item_id)
@@ -326,7 +342,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
         response.status_code = 200 if ready else 503
         return {"ready": ready, "dependencies": deps, "model_version": c.model_version if c else None}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

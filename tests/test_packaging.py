@@ -25,13 +25,15 @@ def test_dockerfile_copies_every_package_and_the_dataset() -> None:
     assert re.search(r"^USER \w+", dockerfile, re.M), "the image must not run as root"
 
 
-def test_compose_command_is_a_valid_cli_call() -> None:
+def test_compose_commands_are_valid_cli_calls() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    command = compose["services"]["llm4rec"]["command"]
-    assert command[0] == "llm4rec"
-    help_text = CliRunner().invoke(app, [*command[1:2], "--help"]).output
-    for option in (a for a in command[2:] if a.startswith("--")):
-        assert option in help_text, option
+    for name in ("service", "learner"):
+        command = compose["services"][name]["command"]
+        assert command[0] == "llm4rec"
+        result = CliRunner().invoke(app, [*command[1:2], "--help"])
+        assert result.exit_code == 0, name
+        for option in (a for a in command[2:] if a.startswith("--")):
+            assert option in result.output, option
     dockerfile_cmd = re.search(r"^CMD (.+)$", (ROOT / "Dockerfile").read_text(), re.M)
     assert dockerfile_cmd is not None
-    assert yaml.safe_load(dockerfile_cmd.group(1))[:4] == command[:4]
+    assert yaml.safe_load(dockerfile_cmd.group(1)) == compose["services"]["service"]["command"]

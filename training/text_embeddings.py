@@ -7,6 +7,7 @@ safetensors shards (vectors plus their keys in the metadata): nothing is unpickl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -69,6 +70,15 @@ class TextEncoder:
         self._cache.update(zip(keys, vectors, strict=True))
 
 
+@functools.cache
+def _encoder(cache_dir: Path) -> TextEncoder:
+    return TextEncoder(cache_dir)
+
+
 def embed_texts(texts: list[str], cache_dir: Path, progress: bool = True) -> np.ndarray:
-    """One-off embedding (training, index builds): (len(texts), 384) unit-norm float32."""
-    return TextEncoder(cache_dir, progress)(texts)
+    """(len(texts), 384) unit-norm float32, through one encoder per cache folder for the whole process
+    (re-reading every cache shard and reloading the model per call made each cold-start upsert cost a
+    second)."""
+    encoder = _encoder(Path(cache_dir).resolve())
+    encoder.progress = progress
+    return encoder(texts)
