@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
+import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -238,6 +242,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         c = await anyio.to_thread.run_sync(build_components, settings) if components is None else components
+        replayed = await anyio.to_thread.run_sync(_replay_added_items, c, settings)
         seeded = await _seed(c)
         explainer = await anyio.to_thread.run_sync(make_explainer, settings.explain, c, metrics)
         sink = _sink(settings)
@@ -257,6 +262,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
         tasks = [asyncio.create_task(forwarder.run()),
                  asyncio.create_task(watcher.run(c.redis, settings.adapter.prefix))]  # fmt: skip
         log.info("service_started", model_version=c.model_version, items=c.items.count(), users_seeded=seeded,
+                 items_replayed=replayed,
                  sink=sink.name, spool_pending=spool.pending, explainer=explainer.name)  # fmt: skip
         yield
         for task in tasks:
@@ -310,6 +316,9 @@ def create_app(settings: Settings | None = None, components: Components | None =
         async with request.app.state.items_lock:  # one catalogue growth at a time
             added = await anyio.to_thread.run_sync(add_items_live, request.app.state.components, new,
                                                    settings.cache_dir)  # fmt: skip
+            await anyio.to_thread.run_sync(
+                _log_added_items, settings.added_items_log, [i for i in new if i.item_id in added]
+            )
         metrics.items_upserted.inc(len(added))
         return ItemsOut(added=added, existing=[i.item_id for i in new if i.item_id not in set(added)])
 
@@ -348,6 +357,27 @@ def create_app(settings: Settings | None = None, components: Components | None =
 
     app.state.metrics = metrics
     return app
+
+
+def _log_added_items(path: Path, items: list[NewItem]) -> None:
+    """The index keeps added items across restarts but the model does not: this log lets the next
+    start rebuild their content vectors in the same order (so the same internal ids)."""
+    if not items:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.writelines(json.dumps(dataclasses.asdict(i)) + "\n" for i in items)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replay_added_items(c: Components, settings: Settings) -> int:
+    path = settings.added_items_log
+    if not path.exists():
+        return 0
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    items = [NewItem(r["item_id"], r["title"], tuple(r["categories"]), r["year"], r["text"]) for r in rows]
+    return len(add_items_live(c, items, settings.cache_dir)) if items else 0
 
 
 async def _seed(c: Components) -> int:

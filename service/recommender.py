@@ -138,7 +138,9 @@ class Recommender:
         biased = adapter is not None and adapter.has_bias
         if biased:
             pool = max(pool, 2 * q.k)  # the per-item biases may lift items from just below the cut
-        hits = self.c.items.search(query_vector(user, gamma), pool, f)
+        # an index can hold points the running model lacks (items added before a restart whose log was
+        # lost): they cannot be scored or explained, so they are not served
+        hits = [h for h in self.c.items.search(query_vector(user, gamma), pool, f) if h.id < len(self.c.vectors)]
         if biased:
             assert adapter is not None
             hits = _with_bias(hits, adapter.item_bias)

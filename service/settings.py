@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None  # None: in-process history (embedded default)
     history_prefix: str = "recsys:history:"
     history_len: int = Field(200, ge=1, le=10_000)
+    added_items_log: Path = Path(".cache/added-items.jsonl")  # POST /items, replayed at startup
     index: IndexSettings = Field(default_factory=IndexSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -223,3 +223,13 @@ async def test_spooled_events_are_replayed_in_order_after_a_restart(settings: Se
             assert "recsys_feedback_replayed_total 6.0" in (await client.get("/metrics")).text
         records = await read_topic(kafka.bootstrap, s.kafka.topic, 6)
     assert [FeedbackEvent.model_validate_json(v).event_id for _, v in records] == [e["event_id"] for e in events]
+
+
+async def test_added_items_survive_a_restart(settings: Settings) -> None:
+    new = {"items": [{"item_id": "kept-1", "title": "The galaxy story part 9", "categories": ["Sci-Fi"]}]}
+    async with serve(settings) as (client, _):
+        assert (await client.post("/items", json=new)).json()["added"] == ["kept-1"]
+    async with serve(settings) as (client, _):  # same index folder and log: the model gets the row back
+        assert (await client.get("/items/kept-1")).status_code == 200
+        items = (await client.post("/recommend", json={"user_id": "u1", "k": 100, "explain": True})).json()["items"]
+        assert "kept-1" in [it["item_id"] for it in items]

@@ -27,7 +27,8 @@ def fuzz_client(
 ) -> Iterator[Any]:
     root = tmp_path_factory.mktemp("fuzz")
     ix, spool = IndexSettings(location=str(root / "ix")), FeedbackSettings(spool_dir=root / "spool")
-    settings = Settings(model_dir=checkpoint, cache_dir=small_trained.cache, index=ix, feedback=spool)
+    settings = Settings(model_dir=checkpoint, cache_dir=small_trained.cache, index=ix, feedback=spool,
+                        added_items_log=root / "added.jsonl")  # fmt: skip
     app = create_app(settings)
     with asgi.get_client(app) as client:  # one client for the run: the lifespan starts once
         client.app_under_test = app

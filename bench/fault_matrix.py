@@ -1,0 +1,348 @@
+"""The fault matrix: real processes (service under uvicorn, `python -m learner`, librdkafka's mock
+Kafka cluster, redis-server) and real faults (SIGSTOP/SIGKILL, restarts, bad blobs, a dead LLM). Each
+feedback case reports events accepted (202), reached Kafka (distinct, and duplicates on the topic),
+applied by the learner (its audit log) and applied twice. Writes the `fault-matrix` section of
+RELIABILITY.md.
+
+    python bench/fault_matrix.py --model runs/llm4rec [--cases kafka,service,learner,redis,adapters,llm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+from markdown_sections import write_section
+from redis.asyncio import Redis
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache/text-embeddings"
+sys.path.insert(0, str(ROOT))
+
+from common.adapter import Manifest, encode, sign  # noqa: E402
+from common.adapter_store import RedisAdapterStore  # noqa: E402
+from common.events import FeedbackEvent  # noqa: E402
+from tests.kafka_mock import MockKafka, mock_kafka, read_topic  # noqa: E402
+from training.experiment import checkpoint_version, open_checkpoint  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+class Stack:
+    """Service + learner processes against one Kafka and one Redis, with their own spool and prefix."""
+
+    def __init__(self, model: Path, kafka: MockKafka, redis_url: str, extra: dict[str, str] | None = None) -> None:
+        self.model, self.kafka, self.redis_url = model, kafka, redis_url
+        self.prefix = f"fault:{uuid.uuid4().hex[:8]}:"
+        self.port, self.metrics_port = free_port(), free_port()
+        self.spool = Path(tempfile.mkdtemp(prefix="fault-spool-"))
+        self.env = {**os.environ, "RECSYS_MODEL_DIR": str(model), "RECSYS_CACHE_DIR": str(CACHE),
+                    "RECSYS_INDEX__LOCATION": str(ROOT / ".cache/index"), "RECSYS_REDIS_URL": redis_url,
+                    "RECSYS_HISTORY_PREFIX": self.prefix + "h:", "RECSYS_FEEDBACK__DEDUPE_PREFIX": self.prefix + "e:",
+                    "RECSYS_FEEDBACK__SPOOL_DIR": str(self.spool), "RECSYS_FEEDBACK__ACK_WAIT_S": "0.2",
+                    "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "RECSYS_KAFKA__GROUP_ID": self.prefix,
+                    "RECSYS_ADAPTER__PREFIX": self.prefix + "a:", "RECSYS_ADAPTER__SIGNING_KEY": "fault-key",
+                    "RECSYS_LEARNER_METRICS_PORT": str(self.metrics_port), "RECSYS_BATCH__SIZE": "64",
+                    "RECSYS_GUARD__HOLDOUT_EVERY": "0", **(extra or {})}  # fmt: skip
+        self.service: subprocess.Popen[bytes] | None = None
+        self.learner: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted: list[str] = []
+
+    def start_service(self) -> None:
+        cmd = [sys.executable, "-m", "uvicorn", "service.app:create_app", "--factory", "--port", str(self.port),
+               "--log-level", "warning"]  # fmt: skip
+        self.service = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, 300, "the service")
+
+    def start_learner(self) -> None:
+        self.learner = subprocess.Popen([sys.executable, "-m", "learner"], cwd=ROOT, env=self.env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def kill(self, which: str) -> None:
+        proc = self.service if which == "service" else self.learner
+        assert proc is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def post(self, users: int = 5, per_user: int = 2) -> bool:
+        """One feedback request; returns whether the 202 said published."""
+        events = [{"event_id": uuid.uuid4().hex, "user_id": str(1 + (i % users)), "item_id": str(1 + i % 50),
+                   "type": "click"} for i in range(users * per_user)]  # fmt: skip
+        r = httpx.post(f"{self.url}/feedback", json={"events": events}, timeout=30)
+        r.raise_for_status()
+        self.accepted += [e["event_id"] for e in events]
+        return bool(r.json()["published"])
+
+    def spool_empty(self) -> bool:
+        return "0 spooled" in httpx.get(f"{self.url}/readyz", timeout=5).json()["dependencies"]["events"]
+
+    def audit(self) -> list[str]:
+        async def read() -> list[str]:
+            redis = Redis.from_url(self.redis_url)
+            try:
+                return await RedisAdapterStore(redis, self.prefix + "a:").audit_log()
+            finally:
+                await redis.aclose()
+
+        return asyncio.run(read())
+
+    def row(self, name: str, note: str) -> str:
+        wait_until(lambda: set(self.audit()) >= set(self.accepted), 240, "the learner to apply every event")
+        records = asyncio.run(read_topic(self.kafka.bootstrap, "recsys.feedback", len(self.accepted)))
+        on_topic = [FeedbackEvent.model_validate_json(v).event_id for _, v in records]
+        mine = set(self.accepted)
+        topic = [e for e in on_topic if e in mine]
+        audit = [e for e in self.audit() if e in mine]
+        lost = len(mine - set(audit))
+        return (
+            f"| {name} | {len(self.accepted)} | {len(set(topic))} (+{len(topic) - len(set(topic))} dup) | "
+            f"{len(set(audit))} | {len(audit) - len(set(audit))} | {lost} | {note} |"
+        )
+
+    def stop(self) -> None:
+        for p in (self.service, self.learner):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def kafka_outage(model: Path) -> str:
+    with mock_kafka() as kafka:
+        s = Stack(model, kafka, "redis://127.0.0.1:6379/0")
+        try:
+            s.start_service()
+            s.start_learner()
+            spooled, frozen_at = 0, None
+            for n in range(40):
+                if n == 10:
+                    kafka.freeze()
+                    frozen_at = time.monotonic()
+                if frozen_at is not None and time.monotonic() - frozen_at > 10:
+                    kafka.thaw()
+                    frozen_at = None
+                spooled += 0 if s.post() else 1
+                time.sleep(0.3)
+            kafka.thaw()
+            wait_until(s.spool_empty, 120, "the spool to drain")
+            return s.row("Kafka unreachable 10 s mid-burst (SIGSTOP), then back", f"{spooled} requests answered from "
+                         "the spool, replayed in order")  # fmt: skip
+        finally:
+            kafka.thaw()
+            s.stop()
+
+
+def service_killed(model: Path) -> str:
+    with mock_kafka() as kafka:
+        s = Stack(model, kafka, "redis://127.0.0.1:6379/0")
+        try:
+            s.start_service()
+            s.start_learner()
+            for _ in range(5):
+                s.post()
+            kafka.freeze()
+            for _ in range(10):
+                s.post()  # durable in the spool only
+            s.kill("service")
+            kafka.thaw()
+            s.start_service()  # the same spool folder: replayed from disk
+            wait_until(s.spool_empty, 120, "the replay")
+            return s.row("service SIGKILL with events in the spool, restarted", "replayed from the fsynced spool")
+        finally:
+            kafka.thaw()
+            s.stop()
+
+
+def learner_killed(model: Path) -> str:
+    with mock_kafka() as kafka:
+        s = Stack(model, kafka, "redis://127.0.0.1:6379/0")
+        try:
+            s.start_service()
+            for _ in range(60):
+                s.post(users=10, per_user=5)
+            s.start_learner()
+            wait_until(lambda: len(s.audit()) >= 300, 180, "the learner to start applying")
+            s.kill("learner")  # mid-stream: batches applied, offsets of the last maybe not committed
+            at_kill = len(s.audit())
+            s.start_learner()
+            return s.row("learner SIGKILL mid-stream, restarted", f"{at_kill} of {len(s.accepted)} applied at the "
+                         "kill; resumed from committed offsets")  # fmt: skip
+        finally:
+            s.stop()
+
+
+def redis_restart(model: Path) -> str:
+    port = free_port()
+    folder = tempfile.mkdtemp(prefix="fault-redis-")
+    cmd = ["redis-server", "--port", str(port), "--appendonly", "yes", "--save", "", "--dir", folder]
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0,
+                   30, "redis")  # fmt: skip
+        return p
+
+    redis = start_redis()
+    with mock_kafka() as kafka:
+        s = Stack(model, kafka, f"redis://127.0.0.1:{port}/0")
+        try:
+            s.start_service()
+            s.start_learner()
+            failures = 0
+            for n in range(30):
+                if n == 10:
+                    redis.send_signal(signal.SIGKILL)  # while serving and while the learner publishes
+                    redis.wait()
+                if n == 20:
+                    redis = start_redis()  # the append-only file brings back histories and applied ids
+                s.post()
+                r = httpx.post(f"{s.url}/recommend", json={"user_id": "3", "k": 10}, timeout=30)
+                failures += r.status_code != 200
+                time.sleep(0.2)
+            return s.row("Redis killed while serving and publishing, restarted (AOF)",
+                         f"{failures} of 30 /recommend failed meanwhile")  # fmt: skip
+        finally:
+            s.stop()
+            redis.kill()
+
+
+def bad_adapters(model: Path) -> str:
+    rows = []
+    with mock_kafka() as kafka:
+        s = Stack(model, kafka, "redis://127.0.0.1:6379/0")
+        try:
+            s.start_service()
+            ck = open_checkpoint(model, CACHE)
+            dim, n = ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0])
+            good = {"A": np.zeros((8, dim), np.float32), "B": np.zeros((dim, 8), np.float32),
+                    "item_bias": np.full(n, 0.01, np.float32)}  # fmt: skip
+            base = checkpoint_version(model)
+
+            def fields(
+                version: int, tensors: dict[str, np.ndarray], key: bytes, model_id: str = base
+            ) -> dict[str, bytes]:
+                return encode(
+                    tensors, Manifest(version, model_id, {k: list(v.shape) for k, v in tensors.items()}, 1), key
+                )
+
+            async def publish(version: int, f: dict[str, bytes]) -> None:
+                redis = Redis.from_url("redis://127.0.0.1:6379/0")
+                await RedisAdapterStore(redis, s.prefix + "a:").publish(version, f, [])
+                await redis.aclose()
+
+            def served() -> int:
+                return int(
+                    httpx.post(f"{s.url}/recommend", json={"user_id": "3", "k": 5}, timeout=10).json()[
+                        "adapter_version"
+                    ]
+                )
+
+            asyncio.run(publish(1, fields(1, good, b"fault-key")))
+            wait_until(lambda: served() == 1, 30, "the good adapter")
+            corrupt = fields(3, good, b"fault-key") | {"weights": b"\x00corrupt"}
+            corrupt["signature"] = sign(b"fault-key", corrupt["manifest"], b"\x00corrupt").encode()
+            cases = [("wrong signature", 2, fields(2, good, b"another key")),
+                     ("corrupt blob (signed)", 3, corrupt),
+                     ("wrong shapes", 4, fields(4, good | {"item_bias": np.zeros(n + 1, np.float32)}, b"fault-key")),
+                     ("another base model", 5, fields(5, good, b"fault-key", "0123456789ab")),
+                     ("oversized blob", 6, fields(6, good, b"fault-key") | {"weights": b"x" * (65 << 20)})]  # fmt: skip
+            for name, version, f in cases:
+                asyncio.run(publish(version, f))
+                time.sleep(1.5)  # past the service's poll
+                rows.append(f"| {name} | refused, version {served()} still served |")
+            asyncio.run(publish(1, fields(1, good, b"fault-key")))  # an older version: never moves backwards
+            asyncio.run(publish(7, fields(7, good, b"fault-key")))
+            wait_until(lambda: served() == 7, 30, "the next good adapter")
+            rows.append("| next good version 7 | swapped in |")
+            text = httpx.get(f"{s.url}/metrics", timeout=10).text
+            counts = [line for line in text.splitlines() if line.startswith("recsys_adapter_rejections_total{")]
+            return ("| adapter published | outcome |\n|---|---|\n" + "\n".join(rows) +
+                    "\n\nService counters: " + ", ".join(f"`{c}`" for c in counts) + "\n")  # fmt: skip
+        finally:
+            s.stop()
+
+
+def llm_faults(model: Path) -> str:
+    out = []
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers: a hung LLM server
+    for name, url in (("down (connection refused)", f"http://127.0.0.1:{free_port()}/v1"),
+                      ("hung (accepts, never answers)", f"http://127.0.0.1:{silent.getsockname()[1]}/v1")):  # fmt: skip
+        with mock_kafka() as kafka:
+            s = Stack(model, kafka, "redis://127.0.0.1:6379/0", {"RECSYS_EXPLAIN__BACKEND": "openai",
+                      "RECSYS_EXPLAIN__BASE_URL": url, "RECSYS_EXPLAIN__TIMEOUT_S": "0.5"})  # fmt: skip
+            try:
+                s.start_service()
+                times, codes = [], []
+                for u in range(1, 11):
+                    t = time.perf_counter()
+                    r = httpx.post(f"{s.url}/recommend", json={"user_id": str(u), "k": 10}, timeout=30)
+                    times.append(1000 * (time.perf_counter() - t))
+                    codes.append(r.status_code)
+                text = httpx.get(f"{s.url}/metrics", timeout=10).text
+                fb = sum(float(line.split()[-1]) for line in text.splitlines()
+                         if line.startswith("recsys_explainer_fallbacks_total{"))  # fmt: skip
+                out.append(f"| LLM {name} | {codes.count(200)} of 10 answered 200 | max {max(times):.0f} ms "
+                           f"(timeout 500 ms) | {int(fb)} of 100 explanations from templates |")  # fmt: skip
+            finally:
+                s.stop()
+    silent.close()
+    return "| case | answers | latency | fallbacks |\n|---|---|---|---|\n" + "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=ROOT / "runs/llm4rec")
+    p.add_argument("--cases", default="kafka,service,learner,redis,adapters,llm")
+    args = p.parse_args()
+    wanted = args.cases.split(",")
+    cases = {"kafka": kafka_outage, "service": service_killed, "learner": learner_killed, "redis": redis_restart}
+    feedback = [fn(args.model) for key, fn in cases.items() if key in wanted]
+    for row in feedback:
+        print(row, flush=True)
+    body = (f"## Fault matrix\n\nCommand: `python bench/fault_matrix.py {' '.join(sys.argv[1:])}`. Real processes on "
+            "loopback: the service (uvicorn), `python -m learner`, librdkafka's mock Kafka cluster (a child process, "
+            "frozen with SIGSTOP for an outage), redis-server; ml-latest-small model.\n\n"
+            "| case | accepted (202) | reached Kafka | applied | applied twice | lost | notes |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(feedback) + "\n")  # fmt: skip
+    if "adapters" in wanted:
+        body += "\n### Bad adapters in Redis (signing key configured)\n\n" + bad_adapters(args.model)
+    if "llm" in wanted:
+        body += "\n### The LLM backend down or hung\n\n" + llm_faults(args.model)
+    print(body)
+    write_section("fault-matrix", body, ROOT / "RELIABILITY.md")
+
+
+if __name__ == "__main__":
+    main()
