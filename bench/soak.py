@@ -1,0 +1,127 @@
+"""Soak: a fixed rate of mixed traffic (90% `POST /recommend`, 10% `POST /feedback`) against the running
+service (uvicorn, embedded defaults: in-process learner publishing adapters) for `--minutes`; per minute
+the requests sent, errors, latency percentiles, the adapter version served and the service's resident
+memory. Writes the `soak` section of RELIABILITY.md.
+
+    python bench/soak.py --model runs/llm4rec [--minutes 10] [--rate 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+from markdown_sections import write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def one(client: httpx.AsyncClient, rng: random.Random, lat: list[float], errors: list[int],
+              versions: list[int]) -> None:  # fmt: skip
+    user = str(rng.randint(1, 610))
+    t = time.perf_counter()
+    try:
+        if rng.random() < 0.9:
+            r = await client.post("/recommend", json={"user_id": user, "k": 10})
+            if r.status_code == 200:
+                versions.append(r.json()["adapter_version"])
+        else:
+            events = [{"event_id": uuid.uuid4().hex, "user_id": user, "item_id": str(rng.randint(1, 3000)),
+                       "type": "click"} for _ in range(5)]  # fmt: skip
+            r = await client.post("/feedback", json={"events": events})
+        lat.append(time.perf_counter() - t)
+        if r.status_code >= 500 or r.status_code in (0, 429):
+            errors.append(r.status_code)
+    except httpx.HTTPError:
+        errors.append(-1)
+
+
+async def drive(url: str, pid: int, minutes: int, rate: float) -> list[str]:
+    rng = random.Random(0)
+    rows = []
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as client:
+        pending: set[asyncio.Task[None]] = set()
+        for minute in range(1, minutes + 1):
+            lat: list[float] = []
+            errors: list[int] = []
+            versions: list[int] = []
+            start = time.perf_counter()
+            sent = 0
+            while (elapsed := time.perf_counter() - start) < 60:
+                due = int(elapsed * rate) + 1 - sent  # open loop: requests go out on schedule, not on replies
+                for _ in range(max(due, 0)):
+                    task = asyncio.create_task(one(client, rng, lat, errors, versions))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    sent += 1
+                await asyncio.sleep(0.002)
+            ms = np.array(lat) * 1000
+            rows.append(f"| {minute} | {sent} | {sent / 60:.0f} | {len(errors)} | {np.percentile(ms, 50):.1f} | "
+                        f"{np.percentile(ms, 95):.1f} | {np.percentile(ms, 99):.1f} | {max(versions, default=0)} | "
+                        f"{rss_mib(pid):.0f} |")  # fmt: skip
+            print(rows[-1], flush=True)
+        await asyncio.gather(*pending)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=ROOT / "runs/llm4rec")
+    p.add_argument("--minutes", type=int, default=10)
+    p.add_argument("--rate", type=float, default=200)
+    p.add_argument("--port", type=int, default=8131)
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    env = {**os.environ, "RECSYS_MODEL_DIR": str(args.model), "RECSYS_INDEX__LOCATION": str(ROOT / ".cache/index"),
+           "RECSYS_CACHE_DIR": str(ROOT / ".cache/text-embeddings"), "RECSYS_FEEDBACK__SPOOL_DIR": str(work / "spool"),
+           "RECSYS_ADDED_ITEMS_LOG": str(work / "added.jsonl")}  # fmt: skip
+    # `llm4rec serve`: with no Kafka configured the learner runs in the service and publishes adapters
+    proc = subprocess.Popen([sys.executable, "-m", "llm4rec", "serve", "--port", str(args.port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{args.port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        rows = asyncio.run(drive(url, proc.pid, args.minutes, args.rate))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    rss = [float(r.split("|")[9]) for r in rows]
+    warm = rss[min(1, len(rss) - 1)]
+    growth = 100 * (rss[-1] / warm - 1)
+    head = ["| minute | requests | per s | errors | p50 ms | p95 ms | p99 ms | adapter version | RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    body = (f"## Soak\n\nCommand: `python bench/soak.py {' '.join(sys.argv[1:])}`. `llm4rec serve` on the embedded "
+            f"defaults (in-process learner adapting from the feedback), an open-loop generator at {args.rate:.0f} "
+            "requests/s (90% `/recommend` k = 10 with explanations, 10% `/feedback` with 5 events) from a second "
+            "process on the same 2 cores; errors are 5xx, 429 and transport failures.\n\n" + "\n".join(head + rows) +
+            f"\n\nResident memory after the first minute {warm:.0f} MiB, at the end {rss[-1]:.0f} MiB: "
+            f"{growth:+.1f}% (target under 5%).\n")  # fmt: skip
+    print(body)
+    write_section("soak", body, ROOT / "RELIABILITY.md")
+
+
+if __name__ == "__main__":
+    main()
