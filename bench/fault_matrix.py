@@ -86,8 +86,9 @@ class Stack:
         wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, 300, "the service")
 
     def start_learner(self) -> None:
-        self.learner = subprocess.Popen([sys.executable, "-m", "learner"], cwd=ROOT, env=self.env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        log = (self.spool.parent / f"{self.spool.name}-learner.log").open("a")  # kept for post-mortems
+        self.learner = subprocess.Popen([sys.executable, "-m", "learner"], cwd=ROOT, env=self.env, stdout=log,
+                                        stderr=subprocess.STDOUT)  # fmt: skip
 
     def kill(self, which: str) -> None:
         proc = self.service if which == "service" else self.learner

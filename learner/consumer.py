@@ -49,7 +49,10 @@ async def run(learner: Learner, kafka: KafkaSettings, batch_size: int, max_wait_
                 await consumer.commit()
             except KafkaError as e:  # the batch is published; redelivered events are skipped by id
                 log.warning("kafka_commit_failed", error=str(e))
-            metrics.lag.set(await _lag(consumer))
+            try:
+                metrics.lag.set(await _lag(consumer))
+            except Exception as e:  # a metric must never stop the learner (positions move during rebalances)
+                log.warning("lag_unavailable", error=str(e))
     finally:
         await consumer.stop()
         await dead.stop()
