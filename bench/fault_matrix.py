@@ -329,9 +329,12 @@ def main() -> None:
     args = p.parse_args()
     wanted = args.cases.split(",")
     cases = {"kafka": kafka_outage, "service": service_killed, "learner": learner_killed, "redis": redis_restart}
-    feedback = [fn(args.model) for key, fn in cases.items() if key in wanted]
-    for row in feedback:
-        print(row, flush=True)
+    feedback = []
+    for key, fn in cases.items():
+        if key in wanted:
+            feedback.append(fn(args.model))
+            print(feedback[-1], flush=True)
+
     body = (f"## Fault matrix\n\nCommand: `python bench/fault_matrix.py {' '.join(sys.argv[1:])}`. Real processes on "
             "loopback: the service (uvicorn), `python -m learner`, librdkafka's mock Kafka cluster (a child process, "
             "frozen with SIGSTOP for an outage), redis-server; ml-latest-small model.\n\n"
