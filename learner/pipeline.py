@@ -32,7 +32,7 @@ log = structlog.get_logger()
 @dataclass(frozen=True)
 class GuardConfig:
     holdout_every: int = 10  # one event in N (by event id hash) is held out, never trained on
-    holdout_size: int = 500
+    holdout_size: int = 200  # each check scores these against the full catalogue twice
     margin: float = 0.02  # refuse an update whose hold-out loss is worse by more than this fraction
 
 

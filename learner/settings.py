@@ -26,7 +26,7 @@ class OnlineSettings(BaseModel):
 
 class GuardSettings(BaseModel):
     holdout_every: int = Field(10, ge=0)  # 0: no hold-out, no guardrail
-    holdout_size: int = Field(500, ge=1)
+    holdout_size: int = Field(200, ge=1)
     margin: float = Field(0.02, ge=0)
 
 

@@ -5,6 +5,8 @@ because service and learner never import each other."""
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import structlog
 from fastapi import FastAPI
@@ -33,12 +35,24 @@ async def attach_learner(app: FastAPI, settings: LearnerSettings, store: Adapter
     learner = await anyio.to_thread.run_sync(learner_from_settings, settings, store, LearnerMetrics())
     await resume(learner)
 
+    queue: asyncio.Queue[list[FeedbackEvent]] = asyncio.Queue()
+
     async def learn(events: list[FeedbackEvent]) -> None:
-        try:
-            await learner.process(events)
-        except Exception as e:  # the events are durable in the spool; a failed update must not block feedback
-            log.warning("in_process_learning_failed", error=str(e))
+        queue.put_nowait(events)  # the forwarder never waits on training
+
+    async def drain() -> None:
+        """Micro-batches like the Kafka learner's: whatever arrived, at most every `max_wait_ms`."""
+        while True:
+            batch = await queue.get()
+            await asyncio.sleep(settings.batch.max_wait_ms / 1000)
+            while not queue.empty() and len(batch) < settings.batch.size:
+                batch += queue.get_nowait()
+            try:
+                await learner.process(batch)
+            except Exception as e:  # the events are durable in the spool and the history; only learning waits
+                log.warning("in_process_learning_failed", error=str(e))
 
     sink.subscribers.append(learn)
+    app.state.learner_task = asyncio.create_task(drain())  # lives as long as the event loop
     log.info("in_process_learner_attached")
     return learner
