@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+import uvloop
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
@@ -279,7 +280,8 @@ def serve_cmd(
     embedded = not settings.kafka.bootstrap_servers  # no Kafka: the learner runs in this process
     learner_settings = LearnerSettings()
     store = adapter_store(learner_settings, settings.redis_url) if embedded else None
-    asyncio.run(_serve_and_announce(create_app(settings, adapter_store=store), host, port, learner_settings, store))
+    # uvloop, as uvicorn itself would pick: this process owns the loop because the learner shares it
+    uvloop.run(_serve_and_announce(create_app(settings, adapter_store=store), host, port, learner_settings, store))
 
 
 async def _serve_and_announce(app: FastAPI, host: str, port: int, learner_settings: LearnerSettings,

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import anyio
 import numpy as np
 import structlog
+import torch
 from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -241,6 +242,8 @@ def create_app(settings: Settings | None = None, components: Components | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # requests run small matrix products: one torch thread each beats two threads fighting over 2 cores
+        torch.set_num_threads(settings.torch_threads)
         c = await anyio.to_thread.run_sync(build_components, settings) if components is None else components
         replayed = await anyio.to_thread.run_sync(_replay_added_items, c, settings)
         seeded = await _seed(c)

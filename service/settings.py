@@ -61,6 +61,7 @@ class RerankSettings(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore")
 
+    torch_threads: int = Field(1, ge=1, le=64)
     production: bool = False  # refuse to start without an API key and an adapter signing key
     model_dir: Path = Path("runs/llm4rec")
     cache_dir: Path = Path(".cache/text-embeddings")
