@@ -21,7 +21,8 @@ COPY llm4rec ./llm4rec
 RUN pip install -c requirements.lock .
 
 FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 MPLBACKEND=Agg HF_HUB_OFFLINE=1 PATH=/opt/venv/bin:$PATH
+# MALLOC_ARENA_MAX: per-thread glibc arenas fragmented into +43% resident memory over a 10-minute soak
+ENV PYTHONUNBUFFERED=1 MPLBACKEND=Agg HF_HUB_OFFLINE=1 MALLOC_ARENA_MAX=2 PATH=/opt/venv/bin:$PATH
 COPY --from=build /opt/venv /opt/venv
 # recdata looks for the bundled dataset in data/ beside its own package folder
 COPY data /opt/venv/lib/python3.11/site-packages/data

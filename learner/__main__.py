@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from common.adapter_store import RedisAdapterStore
+from common.process import limit_malloc_arenas
 from learner.build import learner_from_settings, resume
 from learner.consumer import run
 from learner.metrics import LearnerMetrics
@@ -47,4 +48,5 @@ async def _resume_when_redis_answers(learner: Learner) -> None:
 
 
 if __name__ == "__main__":
+    limit_malloc_arenas()
     asyncio.run(main(LearnerSettings()))

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from common.adapter import AdapterRejectedError, Manifest, decode, encode
 from common.adapter_store import AdapterStore, RedisAdapterStore
+from common.process import limit_malloc_arenas
 from learner.settings import LearnerSettings
 from llm4rec.embedded import adapter_store, attach_learner
 from models.data import RecDataset
@@ -271,6 +272,7 @@ def serve_cmd(
 ) -> None:
     """Run the REST service on the settings from the environment (RECSYS_...). With the embedded
     defaults it trains a model on the bundled MovieLens first if there is none, then builds the index."""
+    limit_malloc_arenas()
     settings = Settings()
     if not (settings.model_dir / "model.safetensors").is_file():
         if not train_if_missing:

@@ -1,0 +1,23 @@
+"""Process-wide setup shared by the service and learner entry points."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread that allocates its own malloc arena; with a worker-thread pool and torch
+    the arenas fragment and resident memory grows without a Python-level leak (+43% over a 10-minute
+    soak; flat with 2 arenas, RELIABILITY.md). MALLOC_ARENA_MAX in the environment wins when set."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).mallopt(M_ARENA_MAX, arenas)
+        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+            pass
