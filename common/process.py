@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -17,7 +18,5 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         return
     libc = ctypes.util.find_library("c")
     if libc:
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
             ctypes.CDLL(libc).mallopt(M_ARENA_MAX, arenas)
-        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-            pass
