@@ -15,7 +15,7 @@ and freshness (feedback -> served adapter) through the real service, Kafka proto
 - freshness: the service (ASGI, in process) with Kafka (librdkafka's mock cluster, child process) and
   Redis, the learner consuming in the same event loop with its default batching: time from POST
   /feedback until /recommend reports the new adapter, and until the user's history holds the event.
-Rewrites the `learner` section of BENCHMARKS.md.
+Rewrites the `learner-<part>` sections of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -262,18 +262,14 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     wanted = args.sections.split(",")
-    parts = [f"## Streaming learner\n\nCommand: `python bench/learner_bench.py {' '.join(sys.argv[1:])}`.\n"]
-    if "throughput" in wanted:
-        parts.append(throughput(args.model))
-    if "freshness" in wanted:
-        parts.append(asyncio.run(_freshness(args.model, args.trials)))
-    if "prequential" in wanted:
-        parts.append(prequential(args.temporal_model))
-    if "forgetting" in wanted:
-        parts.append(forgetting(args.model))
-    body = "\n".join(parts)
-    print(body)
-    write_section("learner", body)
+    runs = {"throughput": lambda: throughput(args.model),
+            "freshness": lambda: asyncio.run(_freshness(args.model, args.trials)),
+            "prequential": lambda: prequential(args.temporal_model),
+            "forgetting": lambda: forgetting(args.model)}  # fmt: skip
+    for name in wanted:  # each part owns its section, so one can be re-run alone
+        body = f"Command: `python bench/learner_bench.py --sections {name}`.\n\n" + runs[name]()
+        print(body)
+        write_section(f"learner-{name}", body)
 
 
 if __name__ == "__main__":
