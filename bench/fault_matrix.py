@@ -19,7 +19,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -35,13 +36,8 @@ from common.adapter import Manifest, encode, sign  # noqa: E402
 from common.adapter_store import RedisAdapterStore  # noqa: E402
 from common.events import FeedbackEvent  # noqa: E402
 from tests.kafka_mock import MockKafka, mock_kafka, read_topic  # noqa: E402
+from tests.net import free_port, wait_http  # noqa: E402
 from training.experiment import checkpoint_version, open_checkpoint  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -83,7 +79,7 @@ class Stack:
         self.service = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_until(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200, 300, "the service")
+        wait_http(f"{self.url}/healthz", timeout_s=300, ok=300)
 
     def start_learner(self) -> None:
         log = (self.spool.parent / f"{self.spool.name}-learner.log").open("a")  # kept for post-mortems
@@ -138,68 +134,67 @@ class Stack:
                 p.wait()
 
 
-def kafka_outage(model: Path) -> str:
+@contextmanager
+def stack(model: Path, redis_url: str = "redis://127.0.0.1:6379/0", extra: dict[str, str] | None = None,
+          learner: bool = True) -> Iterator[Stack]:  # fmt: skip
+    """A fresh mock Kafka and a Stack on it, service (and learner) started; all torn down after."""
     with mock_kafka() as kafka:
-        s = Stack(model, kafka, "redis://127.0.0.1:6379/0")
+        s = Stack(model, kafka, redis_url, extra)
         try:
             s.start_service()
-            s.start_learner()
-            spooled, frozen_at = 0, None
-            for n in range(40):
-                if n == 10:
-                    kafka.freeze()
-                    frozen_at = time.monotonic()
-                if frozen_at is not None and time.monotonic() - frozen_at > 10:
-                    kafka.thaw()
-                    frozen_at = None
-                spooled += 0 if s.post() else 1
-                time.sleep(0.3)
-            kafka.thaw()
-            wait_until(s.spool_empty, 120, "the spool to drain")
-            return s.row("Kafka unreachable 10 s mid-burst (SIGSTOP), then back", f"{spooled} requests answered from "
-                         "the spool, replayed in order")  # fmt: skip
+            if learner:
+                s.start_learner()
+            yield s
         finally:
             kafka.thaw()
             s.stop()
+
+
+def kafka_outage(model: Path) -> str:
+    with stack(model) as s:
+        kafka = s.kafka
+        spooled, frozen_at = 0, None
+        for n in range(40):
+            if n == 10:
+                kafka.freeze()
+                frozen_at = time.monotonic()
+            if frozen_at is not None and time.monotonic() - frozen_at > 10:
+                kafka.thaw()
+                frozen_at = None
+            spooled += 0 if s.post() else 1
+            time.sleep(0.3)
+        kafka.thaw()
+        wait_until(s.spool_empty, 120, "the spool to drain")
+        return s.row("Kafka unreachable 10 s mid-burst (SIGSTOP), then back", f"{spooled} requests answered from "
+                     "the spool, replayed in order")  # fmt: skip
 
 
 def service_killed(model: Path) -> str:
-    with mock_kafka() as kafka:
-        s = Stack(model, kafka, "redis://127.0.0.1:6379/0")
-        try:
-            s.start_service()
-            s.start_learner()
-            for _ in range(5):
-                s.post()
-            kafka.freeze()
-            for _ in range(10):
-                s.post()  # durable in the spool only
-            s.kill("service")
-            kafka.thaw()
-            s.start_service()  # the same spool folder: replayed from disk
-            wait_until(s.spool_empty, 120, "the replay")
-            return s.row("service SIGKILL with events in the spool, restarted", "replayed from the fsynced spool")
-        finally:
-            kafka.thaw()
-            s.stop()
+    with stack(model) as s:
+        kafka = s.kafka
+        for _ in range(5):
+            s.post()
+        kafka.freeze()
+        for _ in range(10):
+            s.post()  # durable in the spool only
+        s.kill("service")
+        kafka.thaw()
+        s.start_service()  # the same spool folder: replayed from disk
+        wait_until(s.spool_empty, 120, "the replay")
+        return s.row("service SIGKILL with events in the spool, restarted", "replayed from the fsynced spool")
 
 
 def learner_killed(model: Path) -> str:
-    with mock_kafka() as kafka:
-        s = Stack(model, kafka, "redis://127.0.0.1:6379/0")
-        try:
-            s.start_service()
-            for _ in range(60):
-                s.post(users=10, per_user=5)
-            s.start_learner()
-            wait_until(lambda: len(s.audit()) >= 300, 180, "the learner to start applying")
-            s.kill("learner")  # mid-stream: batches applied, offsets of the last maybe not committed
-            at_kill = len(s.audit())
-            s.start_learner()
-            return s.row("learner SIGKILL mid-stream, restarted", f"{at_kill} of {len(s.accepted)} applied at the "
-                         "kill; resumed from committed offsets")  # fmt: skip
-        finally:
-            s.stop()
+    with stack(model, learner=False) as s:
+        for _ in range(60):
+            s.post(users=10, per_user=5)
+        s.start_learner()
+        wait_until(lambda: len(s.audit()) >= 300, 180, "the learner to start applying")
+        s.kill("learner")  # mid-stream: batches applied, offsets of the last maybe not committed
+        at_kill = len(s.audit())
+        s.start_learner()
+        return s.row("learner SIGKILL mid-stream, restarted", f"{at_kill} of {len(s.accepted)} applied at the "
+                     "kill; resumed from committed offsets")  # fmt: skip
 
 
 def redis_restart(model: Path) -> str:
@@ -214,11 +209,8 @@ def redis_restart(model: Path) -> str:
         return p
 
     redis = start_redis()
-    with mock_kafka() as kafka:
-        s = Stack(model, kafka, f"redis://127.0.0.1:{port}/0")
-        try:
-            s.start_service()
-            s.start_learner()
+    try:
+        with stack(model, f"redis://127.0.0.1:{port}/0") as s:
             failures = 0
             for n in range(30):
                 if n == 10:
@@ -232,65 +224,53 @@ def redis_restart(model: Path) -> str:
                 time.sleep(0.2)
             return s.row("Redis killed while serving and publishing, restarted (AOF)",
                          f"{failures} of 30 /recommend failed meanwhile")  # fmt: skip
-        finally:
-            s.stop()
-            redis.kill()
+    finally:
+        redis.kill()
 
 
 def bad_adapters(model: Path) -> str:
     rows = []
-    with mock_kafka() as kafka:
-        s = Stack(model, kafka, "redis://127.0.0.1:6379/0")
-        try:
-            s.start_service()
-            ck = open_checkpoint(model, CACHE)
-            dim, n = ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0])
-            good = {"A": np.zeros((8, dim), np.float32), "B": np.zeros((dim, 8), np.float32),
-                    "item_bias": np.full(n, 0.01, np.float32)}  # fmt: skip
-            base = checkpoint_version(model)
+    with stack(model, learner=False) as s:
+        ck = open_checkpoint(model, CACHE)
+        dim, n = ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0])
+        good = {"A": np.zeros((8, dim), np.float32), "B": np.zeros((dim, 8), np.float32),
+                "item_bias": np.full(n, 0.01, np.float32)}  # fmt: skip
+        base = checkpoint_version(model)
 
-            def fields(
-                version: int, tensors: dict[str, np.ndarray], key: bytes, model_id: str = base
-            ) -> dict[str, bytes]:
-                return encode(
-                    tensors, Manifest(version, model_id, {k: list(v.shape) for k, v in tensors.items()}, 1), key
-                )
+        def fields(version: int, tensors: dict[str, np.ndarray], key: bytes, model_id: str = base) -> dict[str, bytes]:
+            return encode(tensors, Manifest(version, model_id, {k: list(v.shape) for k, v in tensors.items()}, 1), key)
 
-            async def publish(version: int, f: dict[str, bytes]) -> None:
-                redis = Redis.from_url("redis://127.0.0.1:6379/0")
-                await RedisAdapterStore(redis, s.prefix + "a:").publish(version, f, [])
-                await redis.aclose()
+        async def publish(version: int, f: dict[str, bytes]) -> None:
+            redis = Redis.from_url("redis://127.0.0.1:6379/0")
+            await RedisAdapterStore(redis, s.prefix + "a:").publish(version, f, [])
+            await redis.aclose()
 
-            def served() -> int:
-                return int(
-                    httpx.post(f"{s.url}/recommend", json={"user_id": "3", "k": 5}, timeout=10).json()[
-                        "adapter_version"
-                    ]
-                )
+        def served() -> int:
+            return int(
+                httpx.post(f"{s.url}/recommend", json={"user_id": "3", "k": 5}, timeout=10).json()["adapter_version"]
+            )
 
-            asyncio.run(publish(1, fields(1, good, b"fault-key")))
-            wait_until(lambda: served() == 1, 30, "the good adapter")
-            corrupt = fields(3, good, b"fault-key") | {"weights": b"\x00corrupt"}
-            corrupt["signature"] = sign(b"fault-key", corrupt["manifest"], b"\x00corrupt").encode()
-            cases = [("wrong signature", 2, fields(2, good, b"another key")),
-                     ("corrupt blob (signed)", 3, corrupt),
-                     ("wrong shapes", 4, fields(4, good | {"item_bias": np.zeros(n + 1, np.float32)}, b"fault-key")),
-                     ("another base model", 5, fields(5, good, b"fault-key", "0123456789ab")),
-                     ("oversized blob", 6, fields(6, good, b"fault-key") | {"weights": b"x" * (65 << 20)})]  # fmt: skip
-            for name, version, f in cases:
-                asyncio.run(publish(version, f))
-                time.sleep(1.5)  # past the service's poll
-                rows.append(f"| {name} | refused, version {served()} still served |")
-            asyncio.run(publish(1, fields(1, good, b"fault-key")))  # an older version: never moves backwards
-            asyncio.run(publish(7, fields(7, good, b"fault-key")))
-            wait_until(lambda: served() == 7, 30, "the next good adapter")
-            rows.append("| next good version 7 | swapped in |")
-            text = httpx.get(f"{s.url}/metrics", timeout=10).text
-            counts = [line for line in text.splitlines() if line.startswith("recsys_adapter_rejections_total{")]
-            return ("| adapter published | outcome |\n|---|---|\n" + "\n".join(rows) +
-                    "\n\nService counters: " + ", ".join(f"`{c}`" for c in counts) + "\n")  # fmt: skip
-        finally:
-            s.stop()
+        asyncio.run(publish(1, fields(1, good, b"fault-key")))
+        wait_until(lambda: served() == 1, 30, "the good adapter")
+        corrupt = fields(3, good, b"fault-key") | {"weights": b"\x00corrupt"}
+        corrupt["signature"] = sign(b"fault-key", corrupt["manifest"], b"\x00corrupt").encode()
+        cases = [("wrong signature", 2, fields(2, good, b"another key")),
+                 ("corrupt blob (signed)", 3, corrupt),
+                 ("wrong shapes", 4, fields(4, good | {"item_bias": np.zeros(n + 1, np.float32)}, b"fault-key")),
+                 ("another base model", 5, fields(5, good, b"fault-key", "0123456789ab")),
+                 ("oversized blob", 6, fields(6, good, b"fault-key") | {"weights": b"x" * (65 << 20)})]  # fmt: skip
+        for name, version, f in cases:
+            asyncio.run(publish(version, f))
+            time.sleep(1.5)  # past the service's poll
+            rows.append(f"| {name} | refused, version {served()} still served |")
+        asyncio.run(publish(1, fields(1, good, b"fault-key")))  # an older version: never moves backwards
+        asyncio.run(publish(7, fields(7, good, b"fault-key")))
+        wait_until(lambda: served() == 7, 30, "the next good adapter")
+        rows.append("| next good version 7 | swapped in |")
+        text = httpx.get(f"{s.url}/metrics", timeout=10).text
+        counts = [line for line in text.splitlines() if line.startswith("recsys_adapter_rejections_total{")]
+        return ("| adapter published | outcome |\n|---|---|\n" + "\n".join(rows) +
+                "\n\nService counters: " + ", ".join(f"`{c}`" for c in counts) + "\n")  # fmt: skip
 
 
 def llm_faults(model: Path) -> str:
@@ -300,24 +280,26 @@ def llm_faults(model: Path) -> str:
     silent.listen(16)  # accepts connections, never answers: a hung LLM server
     for name, url in (("down (connection refused)", f"http://127.0.0.1:{free_port()}/v1"),
                       ("hung (accepts, never answers)", f"http://127.0.0.1:{silent.getsockname()[1]}/v1")):  # fmt: skip
-        with mock_kafka() as kafka:
-            s = Stack(model, kafka, "redis://127.0.0.1:6379/0", {"RECSYS_EXPLAIN__BACKEND": "openai",
-                      "RECSYS_EXPLAIN__BASE_URL": url, "RECSYS_EXPLAIN__TIMEOUT_S": "0.5"})  # fmt: skip
-            try:
-                s.start_service()
-                times, codes = [], []
-                for u in range(1, 11):
-                    t = time.perf_counter()
-                    r = httpx.post(f"{s.url}/recommend", json={"user_id": str(u), "k": 10}, timeout=30)
-                    times.append(1000 * (time.perf_counter() - t))
-                    codes.append(r.status_code)
-                text = httpx.get(f"{s.url}/metrics", timeout=10).text
-                fb = sum(float(line.split()[-1]) for line in text.splitlines()
-                         if line.startswith("recsys_explainer_fallbacks_total{"))  # fmt: skip
-                out.append(f"| LLM {name} | {codes.count(200)} of 10 answered 200 | max {max(times):.0f} ms "
-                           f"(timeout 500 ms) | {int(fb)} of 100 explanations from templates |")  # fmt: skip
-            finally:
-                s.stop()
+        with stack(
+            model,
+            extra={
+                "RECSYS_EXPLAIN__BACKEND": "openai",
+                "RECSYS_EXPLAIN__BASE_URL": url,
+                "RECSYS_EXPLAIN__TIMEOUT_S": "0.5",
+            },
+            learner=False,
+        ) as s:
+            times, codes = [], []
+            for u in range(1, 11):
+                t = time.perf_counter()
+                r = httpx.post(f"{s.url}/recommend", json={"user_id": str(u), "k": 10}, timeout=30)
+                times.append(1000 * (time.perf_counter() - t))
+                codes.append(r.status_code)
+            text = httpx.get(f"{s.url}/metrics", timeout=10).text
+            fb = sum(float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith("recsys_explainer_fallbacks_total{"))  # fmt: skip
+            out.append(f"| LLM {name} | {codes.count(200)} of 10 answered 200 | max {max(times):.0f} ms "
+                       f"(timeout 500 ms) | {int(fb)} of 100 explanations from templates |")  # fmt: skip
     silent.close()
     return "| case | answers | latency | fallbacks |\n|---|---|---|---|\n" + "\n".join(out) + "\n"
 

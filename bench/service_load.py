@@ -32,6 +32,10 @@ from markdown_sections import write_section
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.net: loopback helpers shared with the tests
+
+from tests.net import wait_http  # noqa: E402
+
 WRK_SCRIPT = """
 math.randomseed(7)
 local users = {%s}
@@ -59,14 +63,7 @@ def service(model: Path, port: int, env_extra: dict[str, str]) -> Iterator[str]:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(1200):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("service did not become ready")
+        wait_http(f"{url}/readyz", timeout_s=600, ok=300)
         yield url
     finally:
         proc.terminate()

@@ -20,11 +20,13 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import numpy as np
 from markdown_sections import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.net import wait_http  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -127,14 +129,8 @@ def main() -> None:
     # `llm4rec serve`: with no Kafka configured the learner runs in the service and publishes adapters
     proc = subprocess.Popen([sys.executable, "-m", "llm4rec", "serve", "--port", str(args.port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"http://127.0.0.1:{args.port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        wait_http(f"http://127.0.0.1:{args.port}/readyz", timeout_s=900, ok=300)
         rows = asyncio.run(drive(args.port, proc.pid, args.minutes, args.rate))
     finally:
         proc.terminate()

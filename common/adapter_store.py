@@ -45,6 +45,7 @@ class AdapterStore(Protocol):
 class RedisAdapterStore:
     def __init__(self, redis: Redis, prefix: str = KEY_PREFIX, keep: int = 5) -> None:
         self.redis, self.prefix, self.keep = redis, prefix, keep
+        self._index = f"{prefix}versions"  # sorted set of stored versions
 
     async def publish(self, version: int, fields: dict[str, bytes], event_ids: Sequence[str]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -55,10 +56,13 @@ class RedisAdapterStore:
                 pipe.rpush(f"{self.prefix}applied-log", *event_ids)
                 pipe.ltrim(f"{self.prefix}applied-log", -AUDIT_LEN, -1)
             pipe.set(pointer_key(self.prefix), version)
+            pipe.zadd(self._index, {str(version): version})
             pipe.publish(channel(self.prefix), version)
             await pipe.execute()
-        for old in (await self.versions())[: -self.keep]:
-            await self.redis.delete(version_key(self.prefix, old))
+        old = await self._range(0, -self.keep - 1)
+        if old:  # beyond the last `keep`: gone (the index says which, no keyspace scan)
+            await self.redis.delete(*(version_key(self.prefix, v) for v in old))
+            await self.redis.zrem(self._index, *(str(v) for v in old))
 
     async def discard(self, event_ids: Sequence[str]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -81,8 +85,11 @@ class RedisAdapterStore:
         return [x is not None for x in found]
 
     async def versions(self) -> list[int]:
-        keys = [k.decode() async for k in self.redis.scan_iter(match=f"{self.prefix}v*")]
-        return sorted(int(k[len(self.prefix) + 1 :]) for k in keys if k[len(self.prefix) + 1 :].isdigit())
+        return await self._range(0, -1)
+
+    async def _range(self, start: int, end: int) -> list[int]:
+        members: list[bytes] = await self.redis.zrange(self._index, start, end)  # type: ignore[assignment]
+        return [int(m) for m in members]
 
     async def audit_log(self) -> list[str]:
         return [_b(x).decode() for x in await self.redis.lrange(f"{self.prefix}applied-log", 0, -1)]

@@ -67,6 +67,7 @@ async def resume(learner: Learner) -> int:
         return 0
     learner.trainer.load(tensors)
     learner.published_state, learner.version, learner.events_seen = tensors, version, manifest.events_seen
+    learner.published_adapter.load_tensors(tensors)
     log.info("adapter_resumed", version=version)
     return version
 

@@ -65,6 +65,7 @@ class Learner:
         self.histories = {u: list(h)[-history_cap:] for u, h in histories.items()}
         self.holdout: deque[Example] = deque(maxlen=guard.holdout_size)
         self.published_state = trainer.state()
+        self.published_adapter = copy.deepcopy(trainer.adapter)  # what the service serves: the guardrail's baseline
         self.version = 0
         self.events_seen = 0
 
@@ -147,13 +148,7 @@ class Learner:
             return True
         held = list(self.holdout)
         candidate = self.trainer.evaluate(held)
-        current_adapter = copy.deepcopy(self.trainer.adapter)
-        current_adapter.load_tensors(self.published_state)
-        saved, self.trainer.adapter = self.trainer.adapter, current_adapter
-        try:
-            current = self.trainer.evaluate(held)
-        finally:
-            self.trainer.adapter = saved
+        current = self.trainer.evaluate(held, self.published_adapter)
         self.metrics.holdout_loss.set(min(candidate, current))
         return candidate <= current + self.guard.margin * abs(current)
 
@@ -164,6 +159,7 @@ class Learner:
         manifest = Manifest(version, self.base_model, shapes, self.events_seen + len(event_ids))
         await self.store.publish(version, encode(tensors, manifest, self.key), event_ids)
         self.version, self.published_state = version, tensors
+        self.published_adapter.load_tensors(tensors)
         self.metrics.published.inc()
         self.metrics.version.set(version)
         log.info("adapter_published", version=version, events=len(event_ids))

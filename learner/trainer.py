@@ -118,22 +118,24 @@ class OnlineTrainer:
         cached = self._user_cache.get(user) if user else None
         return cached is None or history_len - cached[0] >= self.config.refresh_every
 
-    def losses(self, batch: Sequence[Example], full: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(self, batch: Sequence[Example], full: bool = False,
+               adapter: ServingAdapter | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Per-example loss (B,) and the batch's mean predictive entropy (normalised to [0, 1]).
 
         Training steps use a sampled softmax (the targets against `negatives` items drawn uniformly,
         with the logQ correction; Bengio & Senecal 2008): the full catalogue is most of a step's cost.
-        `full` scores every item (the guardrail's exact yardstick)."""
-        u = self.adapter.user(self.base_users([e.history for e in batch], [e.user for e in batch]))  # (B, D)
+        `full` scores every item (the guardrail's exact yardstick); `adapter` defaults to the trained one."""
+        a = adapter or self.adapter
+        u = a.user(self.base_users([e.history for e in batch], [e.user for e in batch]))  # (B, D)
         idx = torch.tensor([e.item for e in batch])
         rows = torch.arange(len(batch))
         N, K = self.items.shape[0], self.config.negatives
         if full or K <= 0 or N <= 2 * K:
-            logp = torch.log_softmax(u @ self.items.T + self.adapter.item_bias + self.pop, dim=1)  # (B, N)
+            logp = torch.log_softmax(u @ self.items.T + a.item_bias + self.pop, dim=1)  # (B, N)
             lp, norm = logp[rows, idx], math.log(N)
         else:
             cand = torch.cat([idx, torch.randint(N, (K,))])  # (B + K,): every target is everyone's candidate
-            logits = u @ self.items[cand].T + self.adapter.item_bias[cand] + self.pop[cand]  # (B, B + K)
+            logits = u @ self.items[cand].T + a.item_bias[cand] + self.pop[cand]  # (B, B + K)
             # uniform sampling: a negative stands for N / K items (logQ); targets enter once, exactly
             logits = logits + torch.cat([torch.zeros(len(batch)), torch.full((K,), math.log(N / K))])
             clash = (cand.unsqueeze(0) == idx.unsqueeze(1)) & ~torch.eye(len(batch), len(cand), dtype=torch.bool)
@@ -204,12 +206,12 @@ class OnlineTrainer:
                 acc[k] += g.detach() ** 2
         self.fisher = {k: v / max(len(batches), 1) for k, v in acc.items()}
 
-    def evaluate(self, batch: Sequence[Example]) -> float:
+    def evaluate(self, batch: Sequence[Example], adapter: ServingAdapter | None = None) -> float:
         """Mean loss without updating (the publishing guardrail's yardstick)."""
         if not batch:
             return 0.0
         with torch.no_grad():
-            per, _ = self.losses(batch, full=True)
+            per, _ = self.losses(batch, full=True, adapter=adapter)
         return float(per.mean())
 
     def snapshot(self) -> Snapshot:

@@ -172,21 +172,19 @@ class ItemsOut(BaseModel):
     existing: list[str]
 
 
-def _result_json(r: Result) -> dict[str, Any]:
+def _result_out(r: Result) -> RecommendOut:
     items = []
     for it in r.items:
-        p = it.payload
-        out: dict[str, Any] = {
-            "item_id": it.item_id, "score": round(it.score, 6), "rank": it.rank,
-            "title": p.get("title"), "categories": p.get("categories", []), "year": p.get("year"),
-        }  # fmt: skip
-        if it.explanation is not None:
-            e = it.explanation
-            out["explanation"] = {"type": e.type, "text": e.text, "weights": e.weights,
-                                  "evidence": [vars(x) for x in e.evidence]}  # fmt: skip
-        items.append(out)
-    return {"request_id": r.request_id, "model_version": r.model_version, "adapter_version": r.adapter_version,
-            "cold_start": r.cold_start, "degraded": r.degraded, "gamma": r.gamma, "items": items}  # fmt: skip
+        p, e = it.payload, it.explanation
+        explanation = None if e is None else ExplanationOut(
+            type=e.type, text=e.text, weights=e.weights,
+            evidence=[EvidenceOut(kind=x.kind, id=x.id, label=x.label, score=x.score) for x in e.evidence],
+        )  # fmt: skip
+        items.append(ItemOut(item_id=it.item_id, score=round(it.score, 6), rank=it.rank, title=p.get("title"),
+                             categories=p.get("categories", []), year=p.get("year"),
+                             explanation=explanation))  # fmt: skip
+    return RecommendOut(request_id=r.request_id, model_version=r.model_version, adapter_version=r.adapter_version,
+                        cold_start=r.cold_start, degraded=r.degraded, gamma=r.gamma, items=items)  # fmt: skip
 
 
 def _observe(m: Metrics, c: Components, r: Result) -> None:
@@ -305,8 +303,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
     async def recommend(body: RecommendIn, request: Request) -> RecommendOut:
         result = await request.app.state.recommender.recommend(body.to_query())
         _observe(metrics, request.app.state.components, result)
-        # a declared response model: pydantic-core validates and writes the JSON (documented, and fast)
-        return RecommendOut.model_validate(_result_json(result))
+        return _result_out(result)  # a declared response model: documented, and serialised by pydantic-core
 
     @app.post("/feedback", status_code=202, dependencies=write, responses=_errors(401, 413, 429, 503))
     async def feedback(body: FeedbackIn, request: Request) -> FeedbackOut:

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from learner.metrics import LearnerMetrics
 from service.metrics import Metrics
 from tests.conftest import REDIS_URL, SmallTrained
 from tests.kafka_mock import mock_kafka
+from tests.net import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "deploy/grafana/dashboards/llm4rec.json").read_text())
@@ -51,12 +51,6 @@ def test_no_expression_names_a_metric_the_code_does_not_export() -> None:
             assert name in exported or name in RECORDED, (name, expr)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
     if shutil.which("prometheus") is None and os.geteuid() == 0:  # the test setup installs Debian's package
@@ -68,25 +62,13 @@ def prometheus_binary() -> str:
     return path
 
 
-def _wait_http(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up")
-
-
 @pytest.fixture
 def stack(
     prometheus_binary: str, checkpoint: Path, small_trained: SmallTrained, tmp_path: Path
 ) -> Iterator[tuple[str, str]]:
     """Service, learner and Prometheus as processes on loopback, Kafka from the mock cluster."""
     prefix = f"test:mon:{uuid.uuid4().hex}:"
-    svc_port, learner_port, prom_port = _free_port(), _free_port(), _free_port()
+    svc_port, learner_port, prom_port = free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
     with mock_kafka() as kafka:
         env = {**os.environ, "RECSYS_MODEL_DIR": str(checkpoint), "RECSYS_CACHE_DIR": str(small_trained.cache),
@@ -96,7 +78,7 @@ def stack(
                "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
                "RECSYS_KAFKA__GROUP_ID": prefix, "RECSYS_ADAPTER__PREFIX": prefix + "adapter:",
                "RECSYS_ADAPTER__SIGNING_KEY": "sign", "RECSYS_EXPLAIN__BACKEND": "openai",
-               "RECSYS_EXPLAIN__BASE_URL": f"http://127.0.0.1:{_free_port()}/v1",  # down: template fallbacks
+               "RECSYS_EXPLAIN__BASE_URL": f"http://127.0.0.1:{free_port()}/v1",  # down: template fallbacks
                "RECSYS_LEARNER_METRICS_PORT": str(learner_port), "RECSYS_BATCH__MAX_WAIT_MS": "100"}  # fmt: skip
         config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
         config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
@@ -115,9 +97,9 @@ def stack(
                                            f"--web.listen-address=127.0.0.1:{prom_port}"],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
             service, prom = f"http://127.0.0.1:{svc_port}", f"http://127.0.0.1:{prom_port}"
-            _wait_http(f"{service}/readyz", 120)
-            _wait_http(f"http://127.0.0.1:{learner_port}/metrics", 120)
-            _wait_http(f"{prom}/-/ready", 60)
+            wait_http(f"{service}/readyz", 120)
+            wait_http(f"http://127.0.0.1:{learner_port}/metrics", 120)
+            wait_http(f"{prom}/-/ready", 60)
             _traffic(service, kafka.bootstrap, prefix)
             yield service, prom
         finally:

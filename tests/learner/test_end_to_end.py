@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -30,6 +29,7 @@ from llm4rec.embedded import attach_learner
 from service.settings import Settings
 from tests.conftest import REDIS_URL, SmallTrained, serve, with_
 from tests.kafka_mock import mock_kafka
+from tests.net import free_port
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,16 +145,10 @@ async def test_bad_adapters_in_redis_are_refused_and_serving_continues(settings:
         await redis.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
     """A private redis-server that a test may kill and start again on the same port."""
-    port = _free_port()
+    port = free_port()
     procs: list[subprocess.Popen[bytes]] = []
 
     def start() -> subprocess.Popen[bytes]:

@@ -133,7 +133,6 @@ def test_up_runs_service_and_learner_processes_against_kafka_and_redis(
 ) -> None:
     import os
     import signal
-    import socket
     import subprocess
     import sys
     import time
@@ -142,11 +141,7 @@ def test_up_runs_service_and_learner_processes_against_kafka_and_redis(
     import httpx
 
     from tests.kafka_mock import mock_kafka
-
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+    from tests.net import free_port
 
     port, metrics_port, prefix = free_port(), free_port(), f"test:up:{uuid.uuid4().hex}:"
     with mock_kafka() as kafka:

@@ -4,13 +4,10 @@ that is down; the constrained-choice re-rank."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from service.explain import Evidence, Reason, ToWord, template_text
@@ -27,6 +24,7 @@ from service.llm_rerank import LlamaCppReranker, choice_grammar, promote
 from service.metrics import Metrics
 from service.settings import ExplainSettings, RerankSettings, Settings
 from tests.conftest import serve, with_
+from tests.net import free_port, wait_http
 
 ITEMS = [
     ToWord("Toy Story (1995)", ("Animation", "Comedy"),
@@ -56,29 +54,16 @@ def test_numbered_lines_parse_by_number() -> None:
     assert "Note: Heat (1995) is close to Casino (1995)" in few_shot_prompt(ITEMS[1])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def llama_server() -> Iterator[str]:
     pytest.importorskip("llama_cpp", reason="the [llm] extra (part of [dev]) is not installed")
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()), "--port", str(port),
            "--n_ctx", "4096", "--n_threads", "2"]  # fmt: skip
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("llama.cpp server did not start")
+        wait_http(f"{url}/models", timeout_s=120, ok=300)
         yield url
     finally:
         p.kill()
@@ -113,7 +98,7 @@ async def test_a_slow_or_down_backend_answers_with_templates(llama_server: str) 
     texts = await LLMExplainer("openai", slow, CHECK, m, 0.01, 50).word(ITEMS)
     assert texts == [template_text(it.title, it.reason) for it in ITEMS]
     assert _fallbacks(m, "openai", "timeout") == 3
-    down = OpenAICompatWording(f"http://127.0.0.1:{_free_port()}/v1", "gemma", None, 1, "chat")
+    down = OpenAICompatWording(f"http://127.0.0.1:{free_port()}/v1", "gemma", None, 1, "chat")
     assert await LLMExplainer("openai", down, CHECK, m, 2, 50).word(ITEMS[:1]) == [
         template_text(ITEMS[0].title, ITEMS[0].reason)
     ]
