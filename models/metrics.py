@@ -95,6 +95,17 @@ def group_gap(values: np.ndarray, groups: np.ndarray) -> float:
     return float(max(means) - min(means)) if len(means) > 1 else 0.0
 
 
+def group_gap_se(values: np.ndarray, groups: np.ndarray) -> float:
+    """Standard error of `group_gap` from user sampling: sqrt(var_a/n_a + var_b/n_b) for the best- and
+    worst-served groups. A gap within about two of these is indistinguishable from no gap."""
+    known = [values[groups == g] for g in np.unique(groups) if g >= 0]
+    if len(known) < 2:
+        return 0.0
+    by_mean = sorted(known, key=np.mean)
+    lo, hi = by_mean[0], by_mean[-1]
+    return float(np.sqrt(lo.var(ddof=1) / len(lo) + hi.var(ddof=1) / len(hi)))
+
+
 def exposure_gap(lists: np.ndarray, groups: np.ndarray, num_items: int) -> float:
     """Recommendation parity between user groups: the largest total-variation distance between
     groups' position-discounted item-exposure distributions (0 identical, 1 disjoint)."""

@@ -142,5 +142,6 @@ def _aggregate(got: _Collected, es: EvalSet, ctx: EvalContext, ks: tuple[int, ..
     for name, codes in ctx.groups.items():
         g = codes[es.users]
         out[f"NDCGGap@10[{name}]"] = metrics.group_gap(user_ndcg, g)
+        out[f"NDCGGapSE@10[{name}]"] = metrics.group_gap_se(user_ndcg, g)
         out[f"ExposureGap@10[{name}]"] = metrics.exposure_gap(top10, g, ctx.popularity.shape[0])
     return out

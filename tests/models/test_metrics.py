@@ -65,3 +65,13 @@ def test_exposure_gap() -> None:
     w = 1 / math.log2(3)
     swapped = np.array([[0, 1], [1, 0]])
     assert metrics.exposure_gap(swapped, np.array([0, 1]), 2) == pytest.approx((1 - w) / (1 + w))
+
+
+def test_group_gap_se_matches_two_sample_formula() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.random(300)
+    groups = np.repeat([0, 1, -1], 100)
+    a, b = values[:100], values[100:200]
+    expected = np.sqrt(a.var(ddof=1) / 100 + b.var(ddof=1) / 100)
+    assert metrics.group_gap_se(values, groups) == pytest.approx(expected)
+    assert metrics.group_gap_se(values, np.zeros(300, dtype=int)) == 0.0  # one group: no gap to estimate
