@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,9 @@ async def worker(conn: Connection, due: asyncio.Queue[float], rng: random.Random
         lat.append(time.perf_counter() - scheduled)
 
 
-async def drive(port: int, pid: int, minutes: int, rate: float, connections: int = 64) -> list[str]:
+async def drive(port: int, pid: int, minutes: int, rate: float, warmup_s: float, connections: int = 64) -> list[str]:
+    """A linear ramp from 0 to `rate` over `warmup_s` (caches fill: a cold start at full rate queues up
+    and an open-loop generator never lets the backlog drain), then `minutes` at `rate`, a row each."""
     rng = random.Random(0)
     due: asyncio.Queue[float] = asyncio.Queue()
     lat: list[float] = []
@@ -92,27 +95,43 @@ async def drive(port: int, pid: int, minutes: int, rate: float, connections: int
     versions: list[int] = []
     workers = [asyncio.create_task(worker(Connection("127.0.0.1", port), due, rng, lat, errors, versions))
                for _ in range(connections)]  # fmt: skip
-    rows = []
     start = time.perf_counter()
     sent = 0
+
+    async def send_until(end: float, schedule: Callable[[float], float]) -> None:
+        """Open loop: every request goes out at its scheduled time, whatever the replies do."""
+        nonlocal sent
+        while (now := time.perf_counter() - start) < end:
+            while schedule(sent + 1) <= now:
+                sent += 1
+                due.put_nowait(start + schedule(sent))
+            await asyncio.sleep(0.002)
+
+    # n requests by time t: rate * t^2 / (2 * warmup) on the ramp, then rate per second
+    ramp_n = rate * warmup_s / 2
+    rows = []
+    if warmup_s > 0:
+        await send_until(warmup_s, lambda n: (2 * warmup_s * n / rate) ** 0.5)
+        rows.append(_row("warm-up", sent, warmup_s, lat, errors, versions, pid))
+        print(rows[-1], flush=True)
     for minute in range(1, minutes + 1):
         lat.clear()
         errors.clear()
         versions.clear()
-        sent_before = sent
-        while (now := time.perf_counter()) - start < 60 * minute:
-            for _ in range(int((now - start) * rate) - sent):  # open loop: on schedule, not on replies
-                due.put_nowait(start + (sent + 1) / rate)
-                sent += 1
-            await asyncio.sleep(0.002)
-        ms = np.array(lat) * 1000
-        rows.append(f"| {minute} | {sent - sent_before} | {(sent - sent_before) / 60:.0f} | {len(errors)} | "
-                    f"{np.percentile(ms, 50):.1f} | {np.percentile(ms, 95):.1f} | {np.percentile(ms, 99):.1f} | "
-                    f"{max(versions, default=0)} | {rss_mib(pid):.0f} |")  # fmt: skip
+        before = sent
+        await send_until(warmup_s + 60 * minute, lambda n: warmup_s + (n - ramp_n) / rate)
+        rows.append(_row(str(minute), sent - before, 60, lat, errors, versions, pid))
         print(rows[-1], flush=True)
     for w in workers:
         w.cancel()
     return rows
+
+
+def _row(label: str, n: int, seconds: float, lat: list[float], errors: list[int], versions: list[int], pid: int) -> str:
+    ms = np.array(lat) * 1000
+    return (f"| {label} | {n} | {n / seconds:.0f} | {len(errors)} | {np.percentile(ms, 50):.1f} | "
+            f"{np.percentile(ms, 95):.1f} | {np.percentile(ms, 99):.1f} | {max(versions, default=0)} | "
+            f"{rss_mib(pid):.0f} |")  # fmt: skip
 
 
 def main() -> None:
@@ -121,6 +140,7 @@ def main() -> None:
     p.add_argument("--minutes", type=int, default=10)
     p.add_argument("--rate", type=float, default=200)
     p.add_argument("--port", type=int, default=8131)
+    p.add_argument("--warmup", type=float, default=60, help="seconds of linear ramp before the measured minutes")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     env = {**os.environ, "RECSYS_MODEL_DIR": str(args.model), "RECSYS_INDEX__LOCATION": str(ROOT / ".cache/index"),
@@ -131,22 +151,24 @@ def main() -> None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{args.port}/readyz", timeout_s=900, ok=300)
-        rows = asyncio.run(drive(args.port, proc.pid, args.minutes, args.rate))
+        rows = asyncio.run(drive(args.port, proc.pid, args.minutes, args.rate, args.warmup))
     finally:
         proc.terminate()
         proc.wait(30)
     rss = [float(r.split("|")[9]) for r in rows]
     warm = rss[min(1, len(rss) - 1)]
     growth = 100 * (rss[-1] / warm - 1)
+    total, errors = (sum(int(r.split("|")[i]) for r in rows[1:]) for i in (2, 4))
     head = ["| minute | requests | per s | errors | p50 ms | p95 ms | p99 ms | adapter version | RSS MiB |",
             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     body = (f"## Soak\n\nCommand: `python bench/soak.py {' '.join(sys.argv[1:])}`. `llm4rec serve` on the embedded "
             f"defaults (in-process learner adapting from the feedback), an open-loop generator (64 keep-alive "
-            f"connections, latency from each request's scheduled time) at {args.rate:.0f} requests/s (90% "
+            f"connections, latency from each request's scheduled time) ramping from 0 to {args.rate:.0f} "
+            f"requests/s over {args.warmup:.0f} s, then {args.minutes} minutes at {args.rate:.0f} (90% "
             "`/recommend` k = 10 with explanations, 10% `/feedback` with 5 events) from a second "
             "process on the same 2 cores; errors are 5xx, 429 and transport failures.\n\n" + "\n".join(head + rows) +
-            f"\n\nResident memory after the first minute {warm:.0f} MiB, at the end {rss[-1]:.0f} MiB: "
-            f"{growth:+.1f}% (target under 5%).\n")  # fmt: skip
+            f"\n\nAt full rate: {total} requests, {errors} errors. Resident memory after the first full-rate "
+            f"minute {warm:.0f} MiB, at the end {rss[-1]:.0f} MiB: {growth:+.1f}% (target under 5%).\n")  # fmt: skip
     print(body)
     write_section("soak", body, ROOT / "RELIABILITY.md")
 

@@ -9,6 +9,7 @@ the pointer and publishes the notice. `MemoryAdapterStore` keeps the same contra
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -100,23 +101,31 @@ def _b(x: bytes | str) -> bytes:
 
 
 class MemoryAdapterStore:
-    def __init__(self, keep: int = 5) -> None:
-        self.keep = keep
+    """One process's store (the embedded default). It remembers the newest `applied_capacity` event ids,
+    the in-process counterpart of the Redis keys' TTL, so a long run's memory stays bounded."""
+
+    def __init__(self, keep: int = 5, applied_capacity: int = 1_000_000) -> None:
+        self.keep, self.applied_capacity = keep, applied_capacity
         self._versions: dict[int, dict[bytes, bytes]] = {}
         self._current = 0
-        self._applied: set[str] = set()
+        self._applied: OrderedDict[str, None] = OrderedDict()
         self.published = asyncio.Event()  # set on every publish: the in-process watcher's notice
 
     async def publish(self, version: int, fields: dict[str, bytes], event_ids: Sequence[str]) -> None:
         self._versions[version] = {k.encode(): v for k, v in fields.items()}
-        self._applied.update(event_ids)
+        self._remember(event_ids)
         self._current = version
         for old in sorted(self._versions)[: -self.keep]:
             del self._versions[old]
         self.published.set()
 
     async def discard(self, event_ids: Sequence[str]) -> None:
-        self._applied.update(event_ids)
+        self._remember(event_ids)
+
+    def _remember(self, event_ids: Sequence[str]) -> None:
+        self._applied.update(dict.fromkeys(event_ids))
+        while len(self._applied) > self.applied_capacity:
+            self._applied.popitem(last=False)
 
     async def current(self) -> int:
         return self._current

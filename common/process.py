@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import os
 
 M_ARENA_MAX = -8  # mallopt parameter (glibc malloc.h)
@@ -20,3 +21,11 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     if libc:
         with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
             ctypes.CDLL(libc).mallopt(M_ARENA_MAX, arenas)
+
+
+def freeze_startup_objects() -> None:
+    """Move everything allocated so far (model, catalogue, caches' first fill) out of the cyclic
+    collector's reach: a long-lived heap this size made every full collection walk it, on the event
+    loop, several times a second under load. Call at the end of start-up."""
+    gc.collect()
+    gc.freeze()

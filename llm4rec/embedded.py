@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore
 from common.events import FeedbackEvent
+from common.process import freeze_startup_objects
 from learner.build import learner_from_settings, resume
 from learner.metrics import LearnerMetrics
 from learner.pipeline import Learner
@@ -41,10 +42,10 @@ async def attach_learner(app: FastAPI, settings: LearnerSettings, store: Adapter
         queue.put_nowait(events)  # the forwarder never waits on training
 
     async def drain() -> None:
-        """Micro-batches like the Kafka learner's: whatever arrived, at most every `max_wait_ms`."""
+        """Micro-batches like the Kafka learner's: whatever arrived, at most every `in_process_wait_ms`."""
         while True:
             batch = await queue.get()
-            await asyncio.sleep(settings.batch.max_wait_ms / 1000)
+            await asyncio.sleep(settings.batch.in_process_wait_ms / 1000)
             while not queue.empty() and len(batch) < settings.batch.size:
                 batch += queue.get_nowait()
             try:
@@ -53,6 +54,7 @@ async def attach_learner(app: FastAPI, settings: LearnerSettings, store: Adapter
                 log.warning("in_process_learning_failed", error=str(e))
 
     sink.subscribers.append(learn)
+    freeze_startup_objects()  # the learner's copy of the model joins the service's frozen start-up heap
     app.state.learner_task = asyncio.create_task(drain())  # lives as long as the event loop
     log.info("in_process_learner_attached")
     return learner

@@ -66,8 +66,9 @@ class VectorIndex(Protocol):
         """vectors: (B, dim) float32; replaces points with the same ids."""
         ...
 
-    def search(self, query: np.ndarray, k: int, filters: Filters | None = None) -> list[Hit]:
-        """query: (dim,) -> up to k hits, best first."""
+    def search(self, query: np.ndarray, k: int, filters: Filters | None = None, with_payload: bool = True) -> list[Hit]:
+        """query: (dim,) -> up to k hits, best first. Without payload the hits' payloads may be empty
+        (a caller holding its own copy of the payloads saves their conversion on every query)."""
         ...
 
     def retrieve(self, ids: Sequence[int]) -> dict[int, Payload]:

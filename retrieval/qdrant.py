@@ -53,18 +53,19 @@ class QdrantIndex:
                   for i, v, p in zip(ids, vectors, payloads, strict=True)]  # fmt: skip
         self._client.upsert(self.collection, points=points, wait=True)
 
-    def search(self, query: np.ndarray, k: int, filters: Filters | None = None) -> list[Hit]:
+    def search(self, query: np.ndarray, k: int, filters: Filters | None = None, with_payload: bool = True) -> list[Hit]:
         q = check_vectors(np.asarray(query).reshape(1, -1), self._dim, 1)[0].tolist()
         if self.native_filters or filters is None:
-            return self._query(q, k, filters)
+            return self._query(q, k, filters, with_payload)
         # exclusions cost at most len(exclude_ids) extra hits; payload filters an unknown share
         limit = (k + len(filters.exclude_ids)) * (OVERFETCH if filters.on_payload else 1)
-        hits = [h for h in self._query(q, limit, None) if filters.matches(h.id, h.payload)]
-        return hits[:k] if len(hits) >= k or limit >= self.count() else self._query(q, k, filters)
+        fetched = self._query(q, limit, None, with_payload or filters.on_payload)
+        hits = [h for h in fetched if filters.matches(h.id, h.payload)]
+        return hits[:k] if len(hits) >= k or limit >= self.count() else self._query(q, k, filters, with_payload)
 
-    def _query(self, q: list[float], k: int, filters: Filters | None) -> list[Hit]:
+    def _query(self, q: list[float], k: int, filters: Filters | None, with_payload: bool = True) -> list[Hit]:
         res = self._client.query_points(self.collection, query=q, limit=k, query_filter=client_filter(filters),
-                                        with_payload=True)  # fmt: skip
+                                        with_payload=with_payload)  # fmt: skip
         return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in res.points]
 
     def retrieve(self, ids: Sequence[int]) -> dict[int, Payload]:

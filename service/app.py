@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore
 from common.events import ID_PATTERN, MAX_TIMESTAMP, FeedbackEvent
+from common.process import freeze_startup_objects
 from models.adapter import ServingAdapter
 from retrieval.catalog import NewItem
 from retrieval.history import dataset_histories
@@ -45,7 +46,7 @@ from service.llm_rerank import LlamaCppReranker, Reranker
 from service.metrics import Metrics
 from service.middleware import RequestContext
 from service.ratelimit import TokenBuckets, retry_after
-from service.recommender import Query, Recommender, Result, unit_rows
+from service.recommender import Query, Recommender, Result
 from service.settings import Settings
 from service.spool import Spool, SpoolError
 
@@ -202,7 +203,7 @@ def _observe(m: Metrics, c: Components, r: Result) -> None:
     m.recommended_coverage.set(len(c.recommended) / max(len(c.item_index), 1))
     m.recommended_popularity.set(float(np.mean([it.payload.get("popularity", 0) for it in r.items])))
     if len(r.items) > 1:
-        unit = unit_rows(c.vectors[ids, :-1])
+        unit = c.unit_vectors[ids]
         n = len(r.items)
         m.recommended_diversity.set(1.0 - float(((unit @ unit.T).sum() - n) / (n * (n - 1))))
 
@@ -262,6 +263,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
         app.state.items_lock = asyncio.Lock()
         tasks = [asyncio.create_task(forwarder.run()),
                  asyncio.create_task(watcher.run(c.redis, settings.adapter.prefix))]  # fmt: skip
+        freeze_startup_objects()
         log.info("service_started", model_version=c.model_version, items=c.items.count(), users_seeded=seeded,
                  items_replayed=replayed,
                  sink=sink.name, spool_pending=spool.pending, explainer=explainer.name)  # fmt: skip
@@ -299,11 +301,13 @@ def create_app(settings: Settings | None = None, components: Components | None =
         log.exception("request_failed")  # the trace goes to the log, never to the client
         return JSONResponse({"detail": {"field": None, "reason": "internal error"}}, 500)
 
-    @app.post("/recommend", responses=_errors(413))
-    async def recommend(body: RecommendIn, request: Request) -> RecommendOut:
+    @app.post("/recommend", response_model=RecommendOut, responses=_errors(413))
+    async def recommend(body: RecommendIn, request: Request) -> Response:
         result = await request.app.state.recommender.recommend(body.to_query())
         _observe(metrics, request.app.state.components, result)
-        return _result_out(result)  # a declared response model: documented, and serialised by pydantic-core
+        # documented by response_model, built as that model, serialised once: returning the model itself
+        # made FastAPI dump it and validate it again on the event loop
+        return Response(_result_out(result).model_dump_json(), media_type="application/json")
 
     @app.post("/feedback", status_code=202, dependencies=write, responses=_errors(401, 413, 429, 503))
     async def feedback(body: FeedbackIn, request: Request) -> FeedbackOut:

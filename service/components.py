@@ -13,7 +13,7 @@ from retrieval.catalog import ITEMS, NewItem, add_items, build_item_index, exten
 from retrieval.context import CONTEXT, ContextStore, ContextWeights, build_context_index, build_entries
 from retrieval.engines import make_engine
 from retrieval.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
-from retrieval.index import IndexEngine, VectorIndex
+from retrieval.index import IndexEngine, Payload, VectorIndex
 from service.settings import Settings
 from training.experiment import OpenedCheckpoint, checkpoint_version, open_checkpoint
 from training.text_embeddings import TextEncoder
@@ -31,6 +31,7 @@ class Components:
     history: HistoryStore
     redis: Redis | None
     vectors: np.ndarray  # (N, D + 1) as indexed: fused vector plus the popularity coordinate
+    payloads: list[Payload]  # (N,) the index's payloads, read once: searches skip converting them
     item_index: dict[str, int]  # external item id -> internal id
     aspects: list[tuple[str, ...]]  # per item: its categorical values (genres)
     titles: list[str]
@@ -38,6 +39,10 @@ class Components:
     engine: IndexEngine | None = None  # closed at shutdown
     title_vectors: np.ndarray | None = None  # (N, 384) RAG queries per item, embedded once at startup
     recommended: set[int] = field(default_factory=set)  # items ever recommended: the coverage gauge
+    unit_vectors: np.ndarray = field(init=False)  # (N, D) fused vectors scaled to unit length: cosines
+
+    def __post_init__(self) -> None:
+        self.unit_vectors = unit_rows(self.vectors[:, :-1])
 
     async def close(self) -> None:
         if self.redis is not None:
@@ -68,9 +73,11 @@ def add_items_live(c: Components, new: Sequence[NewItem], cache_dir: Path) -> li
         c.title_vectors = c.context.embed(list(grown.titles()))
     c.titles = list(grown.titles())
     c.aspects = [grown.aspects(i) for i in range(grown.num_items)]
-    c.vectors = vectors
+    payloads = item_payloads(grown, np.zeros(0), ids)
+    c.vectors, c.unit_vectors = vectors, unit_rows(vectors[:, :-1])
+    c.payloads = c.payloads + payloads
     c.checkpoint = replace(ck, data=grown, train=wide)
-    c.items.upsert(ids, vectors[ids], item_payloads(grown, np.zeros(0), ids))
+    c.items.upsert(ids, vectors[ids], payloads)
     c.item_index = {**c.item_index, **{grown.item_ids[i]: i for i in ids}}
     return [grown.item_ids[i] for i in ids]
 
@@ -99,12 +106,27 @@ def build_components(settings: Settings) -> Components:
         else MemoryHistoryStore(settings.history_len),
         redis=redis,
         vectors=index_vectors(ck.model),
+        payloads=index_payloads(items, data.num_items),
         item_index={x: i for i, x in enumerate(data.item_ids)},
         aspects=[data.aspects(i) for i in range(data.num_items)],
         titles=list(data.titles()),
         model_version=checkpoint_version(settings.model_dir),
         engine=engine,
     )
+
+
+def index_payloads(index: VectorIndex, n: int, chunk: int = 2048) -> list[Payload]:
+    """Payloads of points 0..n-1 as the index holds them (immutable: POST /items only inserts)."""
+    out: list[Payload] = []
+    for lo in range(0, n, chunk):
+        got = index.retrieve(range(lo, min(lo + chunk, n)))
+        out += [got.get(i, {}) for i in range(lo, min(lo + chunk, n))]
+    return out
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)
+    return out
 
 
 def _context_store(settings: Settings, engine: IndexEngine, ck: OpenedCheckpoint) -> ContextStore:

@@ -60,7 +60,10 @@ def similarity_reason(cos: np.ndarray, history_ids: Sequence[str], history_title
     """cos: (H,) cosine between the item's fused vector and each history item's (eq. 21)."""
     if len(history_ids) == 0:
         return Reason("similarity", 0.0, ())
-    top = np.argsort(-cos, kind="stable")[:2]
+    first = int(np.argmax(cos))  # the two most similar, first-seen wins ties (argsort per item was a hotspot)
+    rest = cos.copy()
+    rest[first] = -np.inf
+    top = [first] if len(cos) == 1 else [first, int(np.argmax(rest))]
     ev = tuple(Evidence("item", history_ids[i], history_titles[i], round(float(cos[i]), 4)) for i in top)
     return Reason("similarity", float(max(cos[top[0]], 0.0)), ev)
 

@@ -8,8 +8,8 @@ direction plus popularity, marked `cold_start`.
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +40,9 @@ from service.llm_rerank import Reranker, promote
 log = structlog.get_logger()
 CONTEXT_TTL_S = 600.0
 USER_CACHE_SIZE = 100_000
+# requests' CPU work runs on at most this many worker threads: it holds the GIL most of the time, so
+# anyio's default 40 threads would only queue on the GIL (and delay the event loop) rather than overlap
+CPU_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -83,9 +86,10 @@ class Recommender:
                  rerank_pool: int = 20, adapters: AdapterWatcher | None = None) -> None:  # fmt: skip
         self.c, self.explainer, self.mmr_pool, self.adapters = c, explainer, mmr_pool, adapters
         self.reranker, self.rerank_pool = reranker, rerank_pool
-        self._user_cache: OrderedDict[tuple[str, tuple[int, ...]], np.ndarray] = OrderedDict()
+        self._user_cache: OrderedDict[str, tuple[tuple[int, ...], np.ndarray]] = OrderedDict()  # history, vector
         self._context_cache: OrderedDict[int, tuple[float, list[ScoredContext]]] = OrderedDict()
         self._cold_query = c.vectors[:, :-1].mean(0)
+        self._cpu = anyio.CapacityLimiter(CPU_THREADS)
 
     async def recommend(self, q: Query) -> Result:
         stages: dict[str, float] = {}
@@ -101,7 +105,8 @@ class Recommender:
         gamma = self.c.learned_gamma if q.gamma is None else q.gamma
         adapter = self.adapters.current if self.adapters is not None else None  # one version for the request
         # one worker-thread hop for all the CPU work of the request (torch and the index release the GIL)
-        hits, reasons = await anyio.to_thread.run_sync(self._retrieve_and_reason, q, history, gamma, adapter, stages)
+        hits, reasons = await anyio.to_thread.run_sync(self._retrieve_and_reason, q, history, gamma, adapter, stages,
+                                                       limiter=self._cpu)  # fmt: skip
         t = time.perf_counter()
         explanations: list[Explanation | None] = [None] * len(hits)
         if q.explain and hits:
@@ -110,7 +115,8 @@ class Recommender:
         items = [Recommended(str(h.payload["item_id"]), h.score, rank, h.payload, e)
                  for rank, (h, e) in enumerate(zip(hits, explanations, strict=True), start=1)]  # fmt: skip
         version = adapter.version if adapter is not None else 0
-        return Result(uuid.uuid4().hex, self.c.model_version, not history, gamma, items, stages, degraded, version)
+        rid = f"{random.getrandbits(128):032x}"
+        return Result(rid, self.c.model_version, not history, gamma, items, stages, degraded, version)
 
     def _retrieve_and_reason(self, q: Query, history: list[int], gamma: float, adapter: AdapterView | None,
                              stages: dict[str, float]) -> tuple[list[Hit], list[list[Reason]]]:  # fmt: skip
@@ -140,7 +146,10 @@ class Recommender:
             pool = max(pool, 2 * q.k)  # the per-item biases may lift items from just below the cut
         # an index can hold points the running model lacks (items added before a restart whose log was
         # lost): they cannot be scored or explained, so they are not served
-        hits = [h for h in self.c.items.search(query_vector(user, gamma), pool, f) if h.id < len(self.c.vectors)]
+        # payloads come from the service's copy: converting them on every query cost a quarter of the search
+        payloads = self.c.payloads
+        found = self.c.items.search(query_vector(user, gamma), pool, f, with_payload=False)
+        hits = [Hit(h.id, h.score, payloads[h.id]) for h in found if h.id < len(payloads)]
         if biased:
             assert adapter is not None
             hits = _with_bias(hits, adapter.item_bias)
@@ -156,15 +165,17 @@ class Recommender:
         return hits
 
     def _user_vector(self, user_id: str, history: list[int]) -> np.ndarray:
-        """The generative user model's state, cached per exact history: it changes only with feedback,
-        and a user asks for recommendations many times between two events."""
-        key = (user_id, tuple(history))
-        cached = self._user_cache.get(key)
-        if cached is not None:
-            self._user_cache.move_to_end(key)
-            return cached
+        """The generative user model's state, cached per user for their exact history: it changes only
+        with feedback, and a user asks for recommendations many times between two events. One entry per
+        user: keyed by history, every event left a stale entry behind until LRU eviction."""
+        key = tuple(history)
+        cached = self._user_cache.get(user_id)
+        if cached is not None and cached[0] == key:
+            self._user_cache.move_to_end(user_id)
+            return cached[1]
         vec = user_vector(self.c.checkpoint.model, history)
-        self._user_cache[key] = vec
+        self._user_cache[user_id] = (key, vec)
+        self._user_cache.move_to_end(user_id)
         if len(self._user_cache) > USER_CACHE_SIZE:
             self._user_cache.popitem(last=False)
         return vec
@@ -175,7 +186,7 @@ class Recommender:
             return hits
         rel = np.array([h.score for h in hits])
         rel = (rel - rel.min()) / (np.ptp(rel) + 1e-9)
-        unit = unit_rows(self.c.vectors[[h.id for h in hits], :-1])
+        unit = self.c.unit_vectors[[h.id for h in hits]]
         chosen: list[int] = []
         rest = list(range(len(hits)))
         while rest and len(chosen) < k:
@@ -200,7 +211,7 @@ class Recommender:
         shares = aspect_shares([c.aspects[i] for i in recent])
         ids = [c.checkpoint.data.item_ids[i] for i in recent]
         titles = [c.titles[i] for i in recent]
-        cos = unit_rows(c.vectors[[h.id for h in hits], :-1]) @ unit_rows(c.vectors[recent, :-1]).T  # (K, H)
+        cos = c.unit_vectors[[h.id for h in hits]] @ c.unit_vectors[recent].T  # (K, H)
         w = c.context.weights if c.context is not None else None
         out = []
         for row, h in enumerate(hits):
@@ -220,10 +231,11 @@ class Recommender:
             return c.context.retrieve(query, k=3, items=[item], t_now=t_now)
         now = time.monotonic()
         hit = self._context_cache.get(item)
-        if hit is not None and now - hit[0] < CONTEXT_TTL_S:
+        if hit is not None and now < hit[0]:
             return hit[1]
         entries = c.context.retrieve(query, k=3, items=[item])
-        self._context_cache[item] = (now, entries)
+        # expiry spread over +-20%: entries cached together at start-up would otherwise expire together
+        self._context_cache[item] = (now + CONTEXT_TTL_S * random.uniform(0.8, 1.2), entries)
         if len(self._context_cache) > 100_000:
             self._context_cache.popitem(last=False)
         return entries
@@ -233,8 +245,3 @@ def _with_bias(hits: list[Hit], bias: np.ndarray) -> list[Hit]:
     """The adapter's per-item score biases (items added after training have none), re-sorted."""
     out = [Hit(h.id, h.score + (float(bias[h.id]) if h.id < len(bias) else 0.0), h.payload) for h in hits]
     return sorted(out, key=lambda h: -h.score)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)
-    return out

@@ -9,7 +9,8 @@ from httpx import AsyncClient
 from redis.asyncio import Redis
 
 from retrieval.history import RedisHistoryStore
-from tests.conftest import REDIS_URL, SmallTrained
+from service.settings import Settings
+from tests.conftest import REDIS_URL, SmallTrained, serve
 
 pytestmark = pytest.mark.anyio
 
@@ -49,6 +50,20 @@ async def test_new_history_changes_the_next_recommendations(client: AsyncClient,
     await redis.aclose()
     after = (await client.post("/recommend", json={"user_id": "u1", "k": 5, "explain": False})).json()["items"]
     assert sum("Romance" in it["categories"] for it in after) >= 4
+
+
+async def test_user_vector_cache_keeps_one_entry_per_user(settings: Settings, prefix: str) -> None:
+    """The cache follows each user's newest history: events must not leave stale entries behind."""
+    redis = Redis.from_url(REDIS_URL)
+    async with serve(settings) as (client, app):
+        for i in range(3):
+            await RedisHistoryStore(redis, prefix + "history:").append("u1", [(f"m{20 + i}", 1_700_000_000 + i)])
+            r = await client.post("/recommend", json={"user_id": "u1", "k": 3, "explain": False})
+            assert r.status_code == 200
+        cache = app.state.recommender._user_cache
+        assert list(cache) == ["u1"]
+        assert cache["u1"][0][-1] == app.state.components.item_index["m22"]  # the newest history's vector
+    await redis.aclose()
 
 
 async def test_unknown_user_gets_a_cold_start_list(client: AsyncClient) -> None:
