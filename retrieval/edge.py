@@ -60,7 +60,7 @@ class EdgeIndex:
         q = check_vectors(np.asarray(query).reshape(1, -1), self._dim, 1)[0].tolist()
         if filters is not None and filters.exclude_ids and not filters.on_payload:
             # exclusions only (a user's seen items): over-fetching by their count and dropping them here
-            # is exact and costs less than Edge's id filter (0.54 vs 0.96 ms at 10k items, 200 excluded)
+            # is exact and costs less than Edge's id filter (0.54 vs 0.68 ms: 10k items, 200 excluded, no payload)
             ranked = self._query(q, k + len(filters.exclude_ids), None, with_payload=False)
             hits = [h for h in ranked if h.id not in filters.exclude_ids][:k]
             if not with_payload:
