@@ -66,7 +66,7 @@ async def resume(learner: Learner) -> int:
     if manifest.base_model != learner.base_model:
         return 0
     learner.trainer.load(tensors)
-    learner.published_state, learner.version, learner.events_seen = tensors, version, manifest.events_seen
+    learner.version, learner.events_seen = version, manifest.events_seen
     learner.published_adapter.load_tensors(tensors)
     log.info("adapter_resumed", version=version)
     return version

@@ -64,10 +64,13 @@ class Learner:
         self.item_index = {x: i for i, x in enumerate(item_ids)}
         self.histories = {u: list(h)[-history_cap:] for u, h in histories.items()}
         self.holdout: deque[Example] = deque(maxlen=guard.holdout_size)
-        self.published_state = trainer.state()
         self.published_adapter = copy.deepcopy(trainer.adapter)  # what the service serves: the guardrail's baseline
         self.version = 0
         self.events_seen = 0
+
+    @property
+    def published_state(self) -> dict[str, np.ndarray]:
+        return self.published_adapter.tensors()
 
     async def process(self, events: Sequence[FeedbackEvent]) -> Outcome:
         """All or nothing: if the publish fails, the trainer and the histories are as before and the
@@ -158,7 +161,7 @@ class Learner:
         shapes = {k: list(v.shape) for k, v in tensors.items()}
         manifest = Manifest(version, self.base_model, shapes, self.events_seen + len(event_ids))
         await self.store.publish(version, encode(tensors, manifest, self.key), event_ids)
-        self.version, self.published_state = version, tensors
+        self.version = version
         self.published_adapter.load_tensors(tensors)
         self.metrics.published.inc()
         self.metrics.version.set(version)
