@@ -43,6 +43,7 @@ from learner.metrics import LearnerMetrics  # noqa: E402
 from learner.pipeline import GuardConfig, Learner  # noqa: E402
 from learner.trainer import OnlineConfig  # noqa: E402
 from models.splits import temporal  # noqa: E402
+from service.state import app_state  # noqa: E402
 from training.experiment import open_checkpoint  # noqa: E402
 
 CACHE = ROOT / ".cache/text-embeddings"
@@ -221,11 +222,11 @@ async def _freshness(model: Path, trials: int) -> str:
             async with AsyncClient(transport=ASGITransport(app), base_url="http://bench") as client:
                 users, items = list(learner.histories)[:trials], list(learner.item_index)
                 for n, user in enumerate(users):
-                    before = app.state.adapters.current.version
+                    before = app_state(app).recommender.adapters.current.version
                     event = {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": items[-1 - n], "type": "like"}
                     t0 = time.perf_counter()
                     await client.post("/feedback", json={"events": [event]})
-                    recent = await app.state.components.history.recent(user, 1)
+                    recent = await app_state(app).history.recent(user, 1)
                     history_s.append(
                         time.perf_counter() - t0 if recent and recent[-1][0] == event["item_id"] else np.nan
                     )

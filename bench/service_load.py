@@ -134,7 +134,7 @@ def uncached_user_encoding(model: Path, users: int = 200) -> str:
     import numpy as np
     import torch
 
-    from retrieval.catalog import user_vector
+    from retrieval.user_models import user_vector
     from training.experiment import open_checkpoint
 
     torch.set_num_threads(1)

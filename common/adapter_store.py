@@ -9,10 +9,10 @@ the pointer and publishes the notice. `MemoryAdapterStore` keeps the same contra
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
+from cachetools import FIFOCache
 from redis.asyncio import Redis
 
 from common.adapter import KEY_PREFIX, channel, pointer_key, version_key
@@ -108,7 +108,7 @@ class MemoryAdapterStore:
         self.keep, self.applied_capacity = keep, applied_capacity
         self._versions: dict[int, dict[bytes, bytes]] = {}
         self._current = 0
-        self._applied: OrderedDict[str, None] = OrderedDict()
+        self._applied: FIFOCache[str, None] = FIFOCache(maxsize=applied_capacity)
         self.published = asyncio.Event()  # set on every publish: the in-process watcher's notice
 
     async def publish(self, version: int, fields: dict[str, bytes], event_ids: Sequence[str]) -> None:
@@ -123,9 +123,9 @@ class MemoryAdapterStore:
         self._remember(event_ids)
 
     def _remember(self, event_ids: Sequence[str]) -> None:
-        self._applied.update(dict.fromkeys(event_ids))
-        while len(self._applied) > self.applied_capacity:
-            self._applied.popitem(last=False)
+        for e in event_ids:
+            if e not in self._applied:  # the first record is the one that ages out, as before
+                self._applied[e] = None
 
     async def current(self) -> int:
         return self._current

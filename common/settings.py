@@ -1,12 +1,20 @@
-"""Settings sections both processes read (environment prefix RECSYS_, nested with `__`): the same
-variable configures the service and the learner, so they cannot disagree about topics or keys."""
+"""Settings both processes read (environment prefix RECSYS_, nested with `__`): `ProcessSettings`
+is the base of the service's `Settings` and the learner's `LearnerSettings`, so the same variable
+configures both with one default, and they cannot disagree about paths, Redis, topics or keys."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.adapter import KEY_PREFIX
 from common.events import DEAD_LETTER_TOPIC, FEEDBACK_TOPIC
+
+
+class MissingSettingError(ValueError):
+    """A setting this process cannot run without is unset; the message names the variable."""
 
 
 class KafkaSettings(BaseModel):
@@ -26,3 +34,23 @@ class AdapterSettings(BaseModel):
 
     def key(self) -> bytes | None:
         return self.signing_key.get_secret_value().encode() if self.signing_key else None
+
+
+class ProcessSettings(BaseSettings):
+    """The fields every process reads; each process's settings class adds its own sections."""
+
+    model_config = SettingsConfigDict(env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore")
+
+    model_dir: Path = Path("runs/llm4rec")
+    cache_dir: Path = Path(".cache/text-embeddings")
+    # None: history and adapters stay in the service process (embedded default); the standalone Kafka
+    # learner refuses to start without it (`require_redis_url`), it has no other way to reach the service
+    redis_url: str | None = None
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    adapter: AdapterSettings = Field(default_factory=AdapterSettings)
+
+    def require_redis_url(self, why: str) -> str:
+        """`redis_url`, or MissingSettingError naming RECSYS_REDIS_URL and `why` it is needed."""
+        if not self.redis_url:
+            raise MissingSettingError(f"RECSYS_REDIS_URL is not set: {why}")
+        return self.redis_url

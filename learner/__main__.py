@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
 
 import structlog
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from common.adapter_store import RedisAdapterStore
 from common.process import limit_malloc_arenas
@@ -21,32 +28,78 @@ log = structlog.get_logger()
 
 
 async def main(settings: LearnerSettings) -> None:
+    redis_url = settings.require_redis_url("the Kafka learner publishes adapters to Redis")  # before any start-up work
+    for sig in (signal.SIGTERM, signal.SIGINT):  # until the loop can stop cleanly, a stop ends the process at once:
+        signal.signal(sig, signal.SIG_DFL)  # nothing is in flight yet (also where SIGINT was ignored at start)
+    await _wait_for_model(settings.model_dir)
     metrics = LearnerMetrics()
     if settings.learner_metrics_port:
         start_http_server(settings.learner_metrics_port, registry=metrics.registry)
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(redis_url)
     store = RedisAdapterStore(redis, settings.adapter.prefix, settings.adapter.keep)
     learner = learner_from_settings(settings, store, metrics)
-    await _resume_when_redis_answers(learner)
+    stop = _stop_on_signals()
     try:
-        await run(learner, settings.kafka, settings.batch.size, settings.batch.max_wait_ms, metrics)
+        await _resume_when_redis_answers(learner)
+        b = settings.batch
+        await run(learner, settings.kafka, b.size, b.max_wait_ms, metrics, stop, max_batch_failures=b.max_failures)
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
     finally:
         await redis.aclose()
+    log.info("learner_stopped")
+
+
+def _stop_on_signals(grace_s: float = 5.0) -> asyncio.Event:
+    """SIGTERM or SIGINT (also where SIGINT was ignored at start) sets the returned event: the consume
+    loop ends between batches, and offsets are committed only after publishing, so none are lost. A
+    start-up retry or a publish retry that outlasts `grace_s`, or a second signal, is cancelled instead:
+    its batch stays uncommitted and is redelivered, and the applied-event record makes that harmless."""
+    loop, task, stop = asyncio.get_running_loop(), asyncio.current_task(), asyncio.Event()
+    assert task is not None
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("learner_stopping", signal=sig.name)
+        if stop.is_set():
+            task.cancel()
+        stop.set()
+        loop.call_later(grace_s, task.cancel)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    return stop
+
+
+async def _wait_for_model(model_dir: Path, poll_s: float = 5.0) -> None:
+    """A learner started beside a service that is still training its first model waits for it."""
+    if not (model_dir / "model.safetensors").is_file():
+        log.info("learner_waiting_for_model", model_dir=str(model_dir))
+    while not (model_dir / "model.safetensors").is_file():
+        await asyncio.sleep(poll_s)
 
 
 async def _resume_when_redis_answers(learner: Learner) -> None:
-    """A learner started while Redis is away waits for it rather than exiting."""
-    backoff = 0.5
-    while True:
-        try:
-            await resume(learner)
-            return
-        except RedisError as e:
-            log.warning("redis_unreachable", error=str(e), retry_in_s=backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+    """A learner started while Redis is away waits for it rather than exiting (a Redis that answers with
+    an error is there: that error ends the start)."""
+
+    def log_retry(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning("redis_unreachable", error=str(error), attempt=state.attempt_number,
+                    retry_in_s=state.upcoming_sleep)  # fmt: skip
+
+    away = retry_if_exception_type((RedisConnectionError, RedisTimeoutError))
+    retrying = AsyncRetrying(retry=away, wait=wait_exponential(multiplier=0.5, max=10.0), before_sleep=log_retry,
+                             reraise=True)  # fmt: skip
+    await retrying(resume, learner)
 
 
 if __name__ == "__main__":
     limit_malloc_arenas()
     asyncio.run(main(LearnerSettings()))
+    # Stopped cleanly: Kafka clients and Redis are closed. The interpreter's own teardown of torch and the
+    # model takes seconds on a busy machine and would eat into a supervisor's stop deadline: skip it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

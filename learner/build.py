@@ -1,6 +1,7 @@
 """Assemble a learner from a checkpoint: the frozen model, a fresh adapter (identity), the Fisher of
 the training data for EWC, every user's history, and, when the store already holds an adapter for this
-model, that adapter's weights (a restarted learner continues where the last one published)."""
+model, that adapter's weights (a restarted learner continues where the last one published). The
+checkpoint is loaded for serving (`load_serving_checkpoint`): no training code, no re-split."""
 
 from __future__ import annotations
 
@@ -18,16 +19,17 @@ from learner.pipeline import GuardConfig, Learner
 from learner.settings import LearnerSettings
 from learner.trainer import IMPLICIT, Example, OnlineConfig, OnlineTrainer
 from models.adapter import ServingAdapter
+from models.scoring import TrainData
 from retrieval.history import dataset_histories
-from training.experiment import OpenedCheckpoint, checkpoint_version, open_checkpoint
+from training.checkpoint import load_serving_checkpoint
 
 log = structlog.get_logger()
 
 
-def training_examples(ck: OpenedCheckpoint, n: int, seed: int = 0) -> list[Example]:
-    """Random (history prefix -> next item) pairs from the training split."""
+def training_examples(train: TrainData, n: int, seed: int = 0) -> list[Example]:
+    """Random (history prefix -> next item) pairs from the training interactions."""
     rng = np.random.default_rng(seed)
-    seqs = [s for s in ck.train.sequences().values() if len(s) > 1]
+    seqs = [s for s in train.sequences().values() if len(s) > 1]
     out = []
     for j in rng.integers(len(seqs), size=n):
         s = seqs[int(j)]
@@ -39,16 +41,15 @@ def training_examples(ck: OpenedCheckpoint, n: int, seed: int = 0) -> list[Examp
 def build_learner(model_dir: Path, cache_dir: Path, store: AdapterStore, adapter: AdapterSettings,
                   online: OnlineConfig, guard: GuardConfig, metrics: LearnerMetrics,
                   fisher_examples: int = 1024) -> Learner:  # fmt: skip
-    ck = open_checkpoint(model_dir, cache_dir)
+    ck = load_serving_checkpoint(model_dir, cache_dir)
     torch.manual_seed(0)
     module = ServingAdapter(ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0]), adapter.rank)
     trainer = OnlineTrainer(ck.model, module, online)
-    examples = training_examples(ck, fisher_examples)
+    examples = training_examples(ck.train, fisher_examples)
     trainer.fit_fisher([examples[i : i + 64] for i in range(0, len(examples), 64)])
     index = {x: i for i, x in enumerate(ck.data.item_ids)}
     histories = {u: [index[i] for i, _ in h] for u, h in dataset_histories(ck.data).items()}
-    return Learner(trainer, ck.data.item_ids, histories, store, checkpoint_version(model_dir), adapter.key(),
-                   metrics, guard)  # fmt: skip
+    return Learner(trainer, ck.data.item_ids, histories, store, ck.version, adapter.key(), metrics, guard)
 
 
 async def resume(learner: Learner) -> int:
@@ -73,8 +74,5 @@ async def resume(learner: Learner) -> int:
 
 
 def learner_from_settings(s: LearnerSettings, store: AdapterStore, metrics: LearnerMetrics) -> Learner:
-    o, g = s.online, s.guard
-    online = OnlineConfig(lr=o.lr, momentum=o.momentum, importance_threshold=o.importance_threshold,
-                          lambda_ewc=o.lambda_ewc, history_len=o.history_len)  # fmt: skip
-    guard = GuardConfig(g.holdout_every, g.holdout_size, g.margin)
+    online, guard = s.online.to_config(), s.guard.to_config()
     return build_learner(s.model_dir, s.cache_dir, store, s.adapter, online, guard, metrics)

@@ -31,9 +31,11 @@ log = structlog.get_logger()
 
 @dataclass(frozen=True)
 class GuardConfig:
-    holdout_every: int = 10  # one event in N (by event id hash) is held out, never trained on
-    holdout_size: int = 200  # each check scores these against the full catalogue twice
-    margin: float = 0.02  # refuse an update whose hold-out loss is worse by more than this fraction
+    """The hold-out guardrail. Defaults and bounds: `learner.settings.GuardSettings.to_config()`."""
+
+    holdout_every: int  # one event in N (by event id hash) is held out, never trained on; 0: no guardrail
+    holdout_size: int  # each check scores these against the full catalogue twice
+    margin: float  # refuse an update whose hold-out loss is worse by more than this fraction
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ def example_of(e: FeedbackEvent, history: np.ndarray, item: int) -> Example:
 class Learner:
     def __init__(self, trainer: OnlineTrainer, item_ids: Sequence[str], histories: Mapping[str, Sequence[int]],
                  store: AdapterStore, base_model: str, signing_key: bytes | None, metrics: LearnerMetrics,
-                 guard: GuardConfig = GuardConfig(), history_cap: int = 200) -> None:  # fmt: skip
+                 guard: GuardConfig, history_cap: int = 200) -> None:  # fmt: skip
         self.trainer, self.store, self.base_model, self.key = trainer, store, base_model, signing_key
         self.metrics, self.guard, self.history_cap = metrics, guard, history_cap
         self.item_index = {x: i for i, x in enumerate(item_ids)}

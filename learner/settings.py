@@ -1,14 +1,15 @@
-"""Learner settings: the RECSYS_ environment the service reads too (shared sections from
-`common.settings`), plus the online-learning knobs. Read once, in `learner.__main__`."""
+"""Learner settings: the RECSYS_ environment the service reads too (`common.settings.ProcessSettings`),
+plus the online-learning sections. Read once, in `learner.__main__` (and by the embedded default's
+in-process learner); each section's `to_config()` builds the frozen config the learner's parts take,
+so every default is written here once."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.settings import AdapterSettings, KafkaSettings
+from common.settings import ProcessSettings
+from learner.pipeline import GuardConfig
+from learner.trainer import OnlineConfig
 
 
 class BatchSettings(BaseModel):
@@ -17,30 +18,43 @@ class BatchSettings(BaseModel):
     # the embedded default's in-process learner shares the service's GIL: fewer, larger steps left the
     # service 4.4 instead of 5.5 ms of CPU per request at 200 requests/s (two warm 60 s runs)
     in_process_wait_ms: int = Field(1000, ge=1, le=60_000)
+    max_failures: int = Field(3, ge=1, le=100)  # attempts at a failing batch before it is dead-lettered
 
 
 class OnlineSettings(BaseModel):
+    """`OnlineConfig` (learner/trainer.py says what each knob does)."""
+
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     importance_threshold: float = Field(0.1, ge=0, le=1)
-    lambda_ewc: float = Field(100.0, ge=0)
-    history_len: int = Field(50, ge=1, le=1000)
+    lambda_ewc: float = Field(100.0, ge=0)  # BENCHMARKS.md, forgetting: 100 halves the loss to a drift; 1 barely acts
+    fisher_decay: float = Field(0.99, ge=0, lt=1)
+    consolidate_every: int = Field(20_000, ge=1)
+    min_lr_scale: float = Field(0.1, ge=0, le=1)
+    reliability_decay: float = Field(0.95, ge=0, lt=1)
+    history_len: int = Field(50, ge=1, le=1000)  # the learner's cost is linear in it
+    refresh_every: int = Field(5, ge=1)
+    negatives: int = Field(1024, ge=0)
+
+    def to_config(self) -> OnlineConfig:
+        return OnlineConfig(**self.model_dump())
 
 
 class GuardSettings(BaseModel):
+    """`GuardConfig` (learner/pipeline.py)."""
+
     holdout_every: int = Field(10, ge=0)  # 0: no hold-out, no guardrail
     holdout_size: int = Field(200, ge=1)
     margin: float = Field(0.02, ge=0)
 
+    def to_config(self) -> GuardConfig:
+        return GuardConfig(**self.model_dump())
 
-class LearnerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore")
 
-    model_dir: Path = Path("runs/llm4rec")
-    cache_dir: Path = Path(".cache/text-embeddings")
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    adapter: AdapterSettings = Field(default_factory=AdapterSettings)
+class LearnerSettings(ProcessSettings):
+    """`ProcessSettings` (model_dir, cache_dir, redis_url, kafka, adapter) plus the learner's sections.
+    The standalone Kafka learner needs `redis_url` (`require_redis_url`); the in-process one does not."""
+
     batch: BatchSettings = Field(default_factory=BatchSettings)
     online: OnlineSettings = Field(default_factory=OnlineSettings)
     guard: GuardSettings = Field(default_factory=GuardSettings)

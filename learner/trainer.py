@@ -32,17 +32,20 @@ EXPLICIT, IMPLICIT = "explicit", "implicit"
 
 @dataclass(frozen=True)
 class OnlineConfig:
-    lr: float = 0.05
-    momentum: float = 0.9
-    importance_threshold: float = 0.1  # tau, eq. 30
-    lambda_ewc: float = 100.0  # BENCHMARKS.md, forgetting: 100 halves the loss to a drift; 1 barely acts
-    fisher_decay: float = 0.99
-    consolidate_every: int = 20_000  # events between anchor refreshes
-    min_lr_scale: float = 0.1
-    reliability_decay: float = 0.95
-    history_len: int = 50  # newest items the user model reads in the learner (cost is linear in it)
-    refresh_every: int = 5  # a user's frozen-model vector is recomputed once their history grew by this much
-    negatives: int = 1024  # sampled-softmax negatives per step (0: full softmax)
+    """The online update's knobs. No defaults here: they live, with their bounds and the reasons for
+    their values, in `learner.settings.OnlineSettings`, whose `to_config()` builds this."""
+
+    lr: float  # eta, eq. 27
+    momentum: float  # mu, eq. 26
+    importance_threshold: float  # tau, eq. 30
+    lambda_ewc: float  # lambda, eq. 33
+    fisher_decay: float  # running average of squared gradients (online EWC)
+    consolidate_every: int  # events between anchor refreshes
+    min_lr_scale: float  # floor of the uncertainty scaling, eq. 28
+    reliability_decay: float  # running loss variance per feedback group, eq. 31-32
+    history_len: int  # newest items the user model reads in the learner
+    refresh_every: int  # a user's frozen-model vector is recomputed once their history grew by this much
+    negatives: int  # sampled-softmax negatives per step (0: full softmax)
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ def _clone(d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class OnlineTrainer:
-    def __init__(self, model: LLM4Rec, adapter: ServingAdapter, config: OnlineConfig = OnlineConfig()) -> None:
+    def __init__(self, model: LLM4Rec, adapter: ServingAdapter, config: OnlineConfig) -> None:
         self.model, self.adapter, self.config = model.eval(), adapter, config
         with torch.no_grad():
             self.items = model.item_vectors()[0].detach().clone()  # (N, D) fixed between re-trainings; own copy

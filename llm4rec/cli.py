@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -20,16 +18,21 @@ from redis.asyncio import Redis
 from common.adapter import AdapterRejectedError, Manifest, decode, encode
 from common.adapter_store import AdapterStore, RedisAdapterStore
 from common.process import limit_malloc_arenas
+from common.settings import MissingSettingError
 from learner.settings import LearnerSettings
+from llm4rec.bootstrap import train_and_swap
 from llm4rec.embedded import adapter_store, attach_learner
+from llm4rec.supervisor import supervise
 from models.data import RecDataset
 from recdata import CONVERTERS, DatasetError, convert, load_dataset
-from retrieval.catalog import build_item_index
-from retrieval.context import build_context_index, build_entries
-from retrieval.engines import make_engine
+from retrieval.catalog import ITEMS, build_item_index
+from retrieval.context import CONTEXT, build_context_index, build_entries
+from retrieval.engines import IndexInUseError, make_engine
 from service.app import create_app
 from service.settings import Settings
+from service.state import app_state
 from training.ablation import VARIANTS, run_ablation
+from training.checkpoint import ServingCheckpoint, load_serving_checkpoint
 from training.evaluate import PROTOCOLS, EvalContext, evaluate
 from training.experiment import (
     SPLITS,
@@ -175,6 +178,13 @@ def _open(path: Path, cache_dir: Path, protocol: str = "full") -> OpenedCheckpoi
         raise _fail(str(e)) from e
 
 
+def _open_for_serving(path: Path, cache_dir: Path) -> ServingCheckpoint:
+    try:
+        return load_serving_checkpoint(path, cache_dir)
+    except (CheckpointMismatchError, DatasetError) as e:
+        raise _fail(str(e)) from e
+
+
 def _switches(no: list[str], lambda_fair: float, lambda_parity: float) -> Switches:
     fields = {f.replace("_", "-"): f for f in Switches.__dataclass_fields__ if not f.startswith("lambda_")}
     bad = [n for n in no if n not in fields]
@@ -212,7 +222,7 @@ def train_cmd(
     trained = train_llm4rec(data, sp, sw, llm4rec_fit_config(config), cache_dir)
     run = {"split": split, "min_rating": min_rating, "seed": seed}
     extra = {"dataset_ref": dataset, "run": run, "fit": asdict(trained.fit), "train_seconds": trained.seconds}
-    save_checkpoint(out, trained.model, data, sw, extra)
+    save_checkpoint(out, trained.model, data, sp.train, sw, extra)
     weights = ", ".join(f"{k} {v:.2f}" for k, v in trained.model.modality_weights().items())
     typer.echo(f"best validation NDCG@10 {trained.fit.best_valid_ndcg:.4f} at epoch {trained.fit.best_epoch}, "
                f"{trained.seconds:.0f}s; modality weights: {weights}; wrote {out}")  # fmt: skip
@@ -250,13 +260,15 @@ def index_build(
     model: Annotated[Path, typer.Option(help="Checkpoint folder from `llm4rec train`.")],
     location: LocationOpt = ".cache/index",
     context: Annotated[bool, typer.Option(help="Also (re)build the RAG context collection.")] = True,
+    items: Annotated[bool, typer.Option(help="(Re)build the item collection.")] = True,
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
     """(Re)build the item index from a checkpoint; readers switch to it only once it is complete."""
-    ck = _open(model, cache_dir)
+    ck = _open_for_serving(model, cache_dir)
     engine = make_engine(location)
-    items = build_item_index(engine, ck.model, ck.data, ck.train.popularity())
-    typer.echo(f"items: {items.count()} points of dimension {items.dim} published at {location}")
+    if items:
+        built = build_item_index(engine, ck.model, ck.data, ck.train.popularity())
+        typer.echo(f"items: {built.count()} points of dimension {built.dim} published at {location}")
     if context:
         entries = build_entries(ck.data)
         ctx = build_context_index(engine, entries, lambda texts: embed_texts(texts, cache_dir))
@@ -267,42 +279,72 @@ def index_build(
 def serve_cmd(
     host: str = "127.0.0.1",
     port: int = 8000,
-    train_if_missing: Annotated[bool, typer.Option(help="Train a model on the bundled dataset if none exists.")] = True,
+    train_if_missing: Annotated[bool, typer.Option(help="Train a model in the background if none exists.")] = True,
     time_budget: Annotated[float, typer.Option(help="Training seconds when a model must be trained first.")] = 300,
 ) -> None:
-    """Run the REST service on the settings from the environment (RECSYS_...). With the embedded
-    defaults it trains a model on the bundled MovieLens first if there is none, then builds the index."""
+    """Run the REST service on the settings from the environment (RECSYS_...). With no model yet it
+    answers at once from content vectors and popularity, trains and indexes a model on the bundled
+    MovieLens in the background, and swaps it in when ready."""
     limit_malloc_arenas()
     settings = Settings()
-    if not (settings.model_dir / "model.safetensors").is_file():
-        if not train_if_missing:
-            raise _fail(f"no checkpoint at {settings.model_dir}")
-        typer.echo(f"no model at {settings.model_dir}: training one on ml-latest-small (at most {time_budget:.0f} s)")
-        train_cmd(out=settings.model_dir, time_budget=time_budget, cache_dir=settings.cache_dir)
     embedded = not settings.kafka.bootstrap_servers  # no Kafka: the learner runs in this process
     learner_settings = LearnerSettings()
     store = adapter_store(learner_settings, settings.redis_url) if embedded else None
+    try:
+        _index_available(settings.index.location)
+        app = create_app(settings, adapter_store=store)
+    except (ValueError, IndexInUseError) as e:
+        raise _fail(str(e)) from e
     # uvloop, as uvicorn itself would pick: this process owns the loop because the learner shares it
-    uvloop.run(_serve_and_announce(create_app(settings, adapter_store=store), host, port, learner_settings, store))
+    uvloop.run(_serve(app, host, port, learner_settings, store, time_budget if train_if_missing else None))
 
 
-async def _serve_and_announce(app: FastAPI, host: str, port: int, learner_settings: LearnerSettings,
-                              store: AdapterStore | None) -> None:  # fmt: skip
+def _index_available(location: str) -> None:
+    """Fail before serving, in one line, when another process holds the embedded index (the lifespan
+    would report it inside uvicorn's traceback)."""
+    if location.startswith(("http://", "https://")) or location == ":memory:":
+        return
+    engine = make_engine(location)
+    try:
+        engine.open(ITEMS)
+        engine.open(CONTEXT)
+    finally:
+        engine.close()
+
+
+async def _serve(app: FastAPI, host: str, port: int, learner_settings: LearnerSettings, store: AdapterStore | None,
+                 time_budget: float | None) -> None:  # fmt: skip
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.1)
-    if server.started and store is not None:
-        await attach_learner(app, learner_settings, store)
-    if server.started:
-        user = app.state.components.checkpoint.data.user_ids[0]
-        base = f"http://{host}:{port}"
-        typer.echo(f"serving on {base} (metrics at {base}/metrics); try:\n"
-                   f"  curl -s {base}/recommend -H 'content-type: application/json' "
-                   f"""-d '{{"user_id": "{user}", "k": 5}}'\n"""
-                   f"  curl -s {base}/feedback -H 'content-type: application/json' "
-                   f"""-d '{{"events": [{{"user_id": "{user}", "item_id": "1", "type": "like"}}]}}'""")  # fmt: skip
+    if not server.started:
+        await task
+        return
+    state = app_state(app)
+
+    async def learn() -> None:
+        if store is not None:
+            await attach_learner(state, learner_settings, store)
+
+    if state.recommender.c.model.cold_start and time_budget is not None:
+        log_path = state.settings.cache_dir.parent / "background-build.log"
+        typer.echo(f"no model yet: serving content vectors and popularity while a model trains in the background "
+                   f"(at most {time_budget:.0f} s, progress in {log_path}; GET /readyz tells the stage)")  # fmt: skip
+        state.tasks.append(asyncio.create_task(train_and_swap(state, time_budget, log_path, learn)))
+    elif not state.recommender.c.model.cold_start:
+        await learn()
+    _announce(state.recommender.c.catalogue.data.user_ids[0], host, port)
     await task
+
+
+def _announce(user: str, host: str, port: int) -> None:
+    base = f"http://{host}:{port}"
+    example = json.dumps({"user_id": user, "k": 5})
+    event = json.dumps({"events": [{"user_id": user, "item_id": "1", "type": "like"}]})
+    typer.echo(f"serving on {base} (metrics at {base}/metrics); try:\n"
+               f"  curl -s {base}/recommend -H 'content-type: application/json' -d '{example}'\n"
+               f"  curl -s {base}/feedback -H 'content-type: application/json' -d '{event}'")  # fmt: skip
 
 
 @app.command("learn")
@@ -335,7 +377,7 @@ def adapter_rollback(version: int) -> None:
 
 
 async def _adapter_list(s: LearnerSettings) -> None:
-    redis = Redis.from_url(s.redis_url)
+    redis = Redis.from_url(_redis_url(s))
     store = RedisAdapterStore(redis, s.adapter.prefix, s.adapter.keep)
     current = await store.current()
     for v in await store.versions():
@@ -343,8 +385,15 @@ async def _adapter_list(s: LearnerSettings) -> None:
     await redis.aclose()
 
 
+def _redis_url(s: LearnerSettings) -> str:
+    try:
+        return s.require_redis_url("adapter versions live in Redis")
+    except MissingSettingError as e:
+        raise _fail(str(e)) from e
+
+
 async def _adapter_rollback(s: LearnerSettings, version: int) -> int:
-    redis = Redis.from_url(s.redis_url)
+    redis = Redis.from_url(_redis_url(s))
     try:
         store = RedisAdapterStore(redis, s.adapter.prefix, s.adapter.keep)
         fields = await store.fetch(version)
@@ -365,24 +414,13 @@ async def _adapter_rollback(s: LearnerSettings, version: int) -> int:
 def up_cmd(host: str = "127.0.0.1", port: int = 8000) -> None:
     """The stack on this machine without Docker: the service, and the learner as its own process when
     Kafka is configured (RECSYS_KAFKA__BOOTSTRAP_SERVERS; the learner then needs RECSYS_REDIS_URL). With
-    the embedded defaults the learner runs inside the service. Stops both on Ctrl-C or when one exits."""
+    the embedded defaults the learner runs inside the service. Stops all of them within 10 s of SIGTERM or
+    SIGINT (Ctrl-C, also when started with SIGINT ignored), or when one exits; exits 0 on a requested stop."""
     settings = Settings()
     commands = [[sys.executable, "-m", "llm4rec", "serve", "--host", host, "--port", str(port)]]
     if settings.kafka.bootstrap_servers:
         if not settings.redis_url:
             raise _fail("the separate learner publishes adapters to Redis: set RECSYS_REDIS_URL")
         commands.append([sys.executable, "-m", "learner"])
-    procs = [subprocess.Popen(c) for c in commands]
-    try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
-    codes = [p.returncode for p in procs]
-    if any(c not in (0, -15) for c in codes):
-        raise typer.Exit(code=1)
+    if code := supervise(commands, grace_s=8.0):
+        raise typer.Exit(code=code)

@@ -9,7 +9,6 @@ import asyncio
 
 import anyio
 import structlog
-from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore
@@ -20,6 +19,7 @@ from learner.metrics import LearnerMetrics
 from learner.pipeline import Learner
 from learner.settings import LearnerSettings
 from service.feedback import InProcessSink
+from service.state import ServiceState
 
 log = structlog.get_logger()
 
@@ -29,9 +29,9 @@ def adapter_store(settings: LearnerSettings, redis_url: str | None) -> AdapterSt
     return RedisAdapterStore(Redis.from_url(redis_url), a.prefix, a.keep) if redis_url else MemoryAdapterStore(a.keep)
 
 
-async def attach_learner(app: FastAPI, settings: LearnerSettings, store: AdapterStore) -> Learner:
-    """Build a learner for the running app's model and subscribe it to the app's in-process sink."""
-    sink = app.state.sink
+async def attach_learner(state: ServiceState, settings: LearnerSettings, store: AdapterStore) -> Learner:
+    """Build a learner for the served (trained) model and subscribe it to the in-process sink."""
+    sink = state.sink
     assert isinstance(sink, InProcessSink), "the in-process learner is for the embedded default (no Kafka)"
     learner = await anyio.to_thread.run_sync(learner_from_settings, settings, store, LearnerMetrics())
     await resume(learner)
@@ -55,6 +55,6 @@ async def attach_learner(app: FastAPI, settings: LearnerSettings, store: Adapter
 
     sink.subscribers.append(learn)
     freeze_startup_objects()  # the learner's copy of the model joins the service's frozen start-up heap
-    app.state.learner_task = asyncio.create_task(drain())  # lives as long as the event loop
+    state.tasks.append(asyncio.create_task(drain()))  # stopped with the service
     log.info("in_process_learner_attached")
     return learner

@@ -8,9 +8,10 @@ their id has no trained embedding, so fusion builds them from text, categories a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from models.data import CategoricalField, RecDataset
 from models.llm4rec import LLM4Rec
 from models.scoring import TrainData
 from retrieval.index import IndexEngine, Payload, VectorIndex
-from training.features import FeatureOptions, item_inputs
+from training.features import FeatureOptions, item_inputs, item_texts
 
 ITEMS = "items"
 INDEXED_FIELDS = {"categories": "keyword", "year": "float"}
@@ -34,18 +35,6 @@ def index_vectors(model: LLM4Rec, ids: np.ndarray | None = None) -> np.ndarray:
         pop = torch.cat([pop, pop.new_zeros(items.shape[0] - pop.shape[0])])
     out = torch.cat([items, pop.unsqueeze(1)], dim=1).numpy()
     return out if ids is None else out[ids]
-
-
-@torch.inference_mode()
-def user_vector(model: LLM4Rec, history: Sequence[int]) -> np.ndarray:
-    """(D,) the generative user model's state after the user's history (internal ids, oldest first)."""
-    model.eval()
-    return model.user_vectors(torch.tensor([list(history)], dtype=torch.long))[0].numpy()
-
-
-def query_vector(user: np.ndarray, gamma: float) -> np.ndarray:
-    """user: (D,) -> (D + 1,) so that the index ranks by u . v + gamma * log(1 + pop)."""
-    return np.append(user, np.float32(gamma)).astype(np.float32)
 
 
 def item_payloads(data: RecDataset, popularity: np.ndarray, ids: Sequence[int] | None = None) -> list[Payload]:
@@ -129,12 +118,98 @@ def extend_model(model: LLM4Rec, data: RecDataset, train: TrainData, cache_dir: 
     return wide
 
 
-def upsert_new_items(index: VectorIndex, model: LLM4Rec, data: RecDataset, train: TrainData,
-                     new: Sequence[NewItem], cache_dir: Path) -> tuple[RecDataset, list[int]]:  # fmt: skip
-    """Cold start: content -> fused vector -> index, on the live index. Returns the grown dataset and
-    the new items' internal ids."""
-    grown = add_items(data, new)
-    extend_model(model, grown, train, cache_dir)
-    ids = list(range(data.num_items, grown.num_items))
-    index.upsert(ids, index_vectors(model, np.array(ids)), item_payloads(grown, np.zeros(0), ids))
-    return grown, ids
+class ItemVectors(Protocol):
+    """Where a catalogue's indexed vectors come from: `grow` returns (N, D + 1) float32 for every item
+    of the grown dataset (popularity coordinate last), leaving the rows of items already served as
+    they were."""
+
+    def grow(self, data: RecDataset, served: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class ModelItemVectors:
+    """A trained LLM4Rec's fused vectors; new items get content-only ones (their id has no embedding)."""
+
+    model: LLM4Rec
+    train: TrainData
+    cache_dir: Path
+
+    def grow(self, data: RecDataset, served: np.ndarray) -> np.ndarray:
+        self.train = extend_model(self.model, data, self.train, self.cache_dir)
+        self.model.item_vectors()  # fill the model's vector cache here, not in the next request
+        return index_vectors(self.model)
+
+
+@dataclass
+class ContentItemVectors:
+    """Before any model is trained: the text encoder's vectors of the items' text (the same strings the
+    model's text modality reads, so both share the embedding cache), popularity as the last coordinate.
+    Without an encoder every item gets a zero content part: popularity alone, available at once."""
+
+    encode: Callable[[list[str]], np.ndarray] | None  # texts -> (n, d) unit rows
+
+    def grow(self, data: RecDataset, served: np.ndarray) -> np.ndarray:
+        n = len(served)
+        texts = item_texts(data)[n:]
+        if not texts:
+            return served
+        content = self.encode(texts) if self.encode is not None else np.zeros((len(texts), 1), np.float32)
+        rows = np.concatenate([content, np.zeros((len(texts), 1), np.float32)], axis=1)
+        return np.concatenate([served, rows]).astype(np.float32) if n else rows.astype(np.float32)
+
+
+@dataclass
+class Catalogue:
+    """The served items: the dataset they come from, their vectors as indexed, the index's payloads and
+    the index itself. The one place items are added (POST /items, the replay of its log at start-up).
+
+    An addition builds every table a request reads before the index can return a new id, and replaces
+    the id map last: a concurrent request sees either the old catalogue or the whole new one."""
+
+    data: RecDataset
+    index: VectorIndex
+    vectors: np.ndarray  # (N, D + 1) as indexed: item vector plus the popularity coordinate
+    payloads: list[Payload]  # (N,) the index's payloads, read once: searches skip converting them
+    source: ItemVectors
+    item_index: dict[str, int] = field(init=False)  # external item id -> internal id
+    titles: list[str] = field(init=False)
+    aspects: list[tuple[str, ...]] = field(init=False)  # per item: its categorical values (genres)
+    unit_vectors: np.ndarray = field(init=False)  # (N, D) item vectors scaled to unit length: cosines
+
+    def __post_init__(self) -> None:
+        self._derive(self.data)
+        self.item_index = {x: i for i, x in enumerate(self.data.item_ids)}
+
+    def _derive(self, data: RecDataset) -> None:
+        self.titles = list(data.titles())
+        self.aspects = [data.aspects(i) for i in range(data.num_items)]
+        self.unit_vectors = unit_rows(self.vectors[:, :-1])
+
+    def add(self, new: Sequence[NewItem]) -> list[str]:
+        """Content-only vectors for the items of `new` not yet served, then the index; returns their ids."""
+        new = [it for it in new if it.item_id not in self.item_index]
+        if not new:
+            return []
+        grown = add_items(self.data, new)
+        ids = list(range(self.data.num_items, grown.num_items))
+        vectors = self.source.grow(grown, self.vectors)
+        payloads = item_payloads(grown, np.zeros(0), ids)
+        self.vectors, self.data, self.payloads = vectors, grown, self.payloads + payloads
+        self._derive(grown)
+        self.index.upsert(ids, vectors[ids], payloads)
+        self.item_index = {**self.item_index, **{grown.item_ids[i]: i for i in ids}}
+        return [grown.item_ids[i] for i in ids]
+
+
+def read_payloads(index: VectorIndex, n: int, chunk: int = 2048) -> list[Payload]:
+    """Payloads of points 0..n-1 as the index holds them (immutable: additions only insert)."""
+    out: list[Payload] = []
+    for lo in range(0, n, chunk):
+        got = index.retrieve(range(lo, min(lo + chunk, n)))
+        out += [got.get(i, {}) for i in range(lo, min(lo + chunk, n))]
+    return out
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)
+    return out

@@ -28,6 +28,21 @@ _SCHEMA = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaTyp
 KEEP_VERSIONS = 2  # the published one and its predecessor, which a running reader may still hold
 
 
+class IndexInUseError(RuntimeError):
+    """An embedded index folder that another process holds. Qdrant Edge locks a shard's write-ahead log
+    for the process that opened it (qdrant-client's local mode locks its whole folder), so one folder
+    serves one process at a time; a Qdrant server is what several processes share."""
+
+    def __init__(self, location: str | Path, locked: str | Path | None = None) -> None:
+        self.location = str(location)
+        held = f" ({locked} is locked)" if locked is not None else ""
+        super().__init__(
+            f"the embedded index at {location} is in use by another process{held}: another llm4rec process "
+            "holds it. Stop that process, or point RECSYS_INDEX__LOCATION at another folder, or run a Qdrant "
+            "server (RECSYS_INDEX__LOCATION=http://HOST:6333) to serve several processes from one index."
+        )
+
+
 def edge_filter(f: Filters | None) -> qe.Filter | None:
     if f is None:
         return None
@@ -127,8 +142,16 @@ class EdgeEngine:
         current = json.loads(pointer.read_text())
         path = pointer.parent / current["version"]
         if path not in self._open:
-            self._open[path] = EdgeIndex(qe.EdgeShard.load(str(path)), int(current["dim"]), path, self.hnsw_ef)
+            self._open[path] = EdgeIndex(self._load(path), int(current["dim"]), path, self.hnsw_ef)
         return self._open[path]
+
+    def _load(self, path: Path) -> qe.EdgeShard:
+        try:
+            return qe.EdgeShard.load(str(path))
+        except Exception as e:  # qdrant-edge raises a bare Exception; a held WAL lock reads "Kind(WouldBlock)"
+            if "WouldBlock" in str(e):
+                raise IndexInUseError(self.root, path / "wal") from e
+            raise
 
     def close(self) -> None:
         for path in list(self._open):

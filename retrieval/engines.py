@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retrieval.edge import EdgeEngine
+from retrieval.edge import EdgeEngine, IndexInUseError
 from retrieval.index import IndexEngine
 from retrieval.qdrant import QdrantEngine
+
+__all__ = ["LOCAL_PREFIX", "IndexInUseError", "make_engine"]
 
 LOCAL_PREFIX = "qdrant-local:"
 
@@ -18,5 +20,11 @@ def make_engine(location: str, api_key: str | None = None) -> IndexEngine:
     if location == ":memory:":
         return QdrantEngine(location)
     if location.startswith(LOCAL_PREFIX):
-        return QdrantEngine(location.removeprefix(LOCAL_PREFIX))
+        path = location.removeprefix(LOCAL_PREFIX)
+        try:
+            return QdrantEngine(path)
+        except RuntimeError as e:  # qdrant-client's folder lock (portalocker), held by another process
+            if "already accessed by another instance" in str(e):
+                raise IndexInUseError(path) from e
+            raise
     return EdgeEngine(Path(location))

@@ -13,6 +13,9 @@ import contextlib
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import RetryCallState, retry, retry_if_exception_type, wait_exponential
 
 from common.adapter import AdapterRejectedError, channel, decode
 from common.adapter_store import AdapterStore, MemoryAdapterStore
@@ -20,6 +23,12 @@ from models.adapter import AdapterView
 from service.metrics import Metrics
 
 log = structlog.get_logger()
+_REDIS_AWAY = (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError)
+
+
+def _log_resubscribe(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.warning("adapter_notices_lost", error=str(error), attempt=state.attempt_number, retry_in_s=state.upcoming_sleep)
 
 
 class AdapterWatcher:
@@ -75,16 +84,18 @@ class AdapterWatcher:
                 listener.cancel()
 
     async def _listen(self, redis: Redis, prefix: str) -> None:
-        """Pub/sub notices, resubscribing after Redis goes away."""
-        while True:
-            try:
-                async with redis.pubsub() as ps:
-                    await ps.subscribe(channel(prefix))
-                    async for message in ps.listen():
-                        if message.get("type") == "message":
-                            self.notice.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # connection lost: the poll keeps us current meanwhile
-                log.warning("adapter_notices_lost", error=str(e))
-                await asyncio.sleep(1.0)
+        try:
+            await self._subscribed(redis, prefix)
+        except Exception as e:  # not an outage (say, an ACL refusing SUBSCRIBE): the poll alone keeps us current
+            log.error("adapter_notices_stopped", error=str(e))
+
+    @retry(retry=retry_if_exception_type(_REDIS_AWAY), wait=wait_exponential(multiplier=0.5, max=5.0),
+           before_sleep=_log_resubscribe, reraise=True)  # fmt: skip
+    async def _subscribed(self, redis: Redis, prefix: str) -> None:
+        """Pub/sub notices, resubscribing after Redis goes away (the poll keeps us current meanwhile). The
+        wait grows over the watcher's life, up to its cap: the poll, not the notice, bounds staleness."""
+        async with redis.pubsub() as ps:
+            await ps.subscribe(channel(prefix))
+            async for message in ps.listen():
+                if message.get("type") == "message":
+                    self.notice.set()

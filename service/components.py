@@ -1,21 +1,32 @@
-"""Everything the service process needs, built once at startup (`build_components`) and passed down."""
+"""One model's serving bundle (`Components`): the user model, the catalogue and its index, the RAG
+context. The service starts with a cold-start bundle when no model is trained yet (content vectors and
+popularity, `build_cold_start`) and swaps in the trained one (`build_components`) when it is ready."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
-from redis.asyncio import Redis
 
-from retrieval.catalog import ITEMS, NewItem, add_items, build_item_index, extend_model, index_vectors, item_payloads
+from models.data import RecDataset
+from recdata import load_dataset
+from retrieval.catalog import (
+    INDEXED_FIELDS,
+    ITEMS,
+    Catalogue,
+    ContentItemVectors,
+    ModelItemVectors,
+    build_item_index,
+    index_vectors,
+    item_payloads,
+    read_payloads,
+)
 from retrieval.context import CONTEXT, ContextStore, ContextWeights, build_context_index, build_entries
 from retrieval.engines import make_engine
-from retrieval.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
-from retrieval.index import IndexEngine, Payload, VectorIndex
+from retrieval.index import IndexEngine
+from retrieval.user_models import COLD_START_VERSION, ContentUserModel, GenerativeUserModel, UserModel
 from service.settings import Settings
-from training.experiment import OpenedCheckpoint, checkpoint_version, open_checkpoint
+from training.checkpoint import load_serving_checkpoint
 from training.text_embeddings import TextEncoder
 
 
@@ -25,114 +36,82 @@ class NotReadyError(RuntimeError):
 
 @dataclass
 class Components:
-    checkpoint: OpenedCheckpoint
-    items: VectorIndex
-    context: ContextStore | None
-    history: HistoryStore
-    redis: Redis | None
-    vectors: np.ndarray  # (N, D + 1) as indexed: fused vector plus the popularity coordinate
-    payloads: list[Payload]  # (N,) the index's payloads, read once: searches skip converting them
-    item_index: dict[str, int]  # external item id -> internal id
-    aspects: list[tuple[str, ...]]  # per item: its categorical values (genres)
-    titles: list[str]
-    model_version: str
-    engine: IndexEngine | None = None  # closed at shutdown
+    model: UserModel
+    catalogue: Catalogue
+    context: ContextStore | None = None
     title_vectors: np.ndarray | None = None  # (N, 384) RAG queries per item, embedded once at startup
+    base_model: LLM4RecRef | None = None  # the trained model adapters are fitted to; None: no adapters
+    engine: IndexEngine | None = None  # closed when this bundle is retired
     recommended: set[int] = field(default_factory=set)  # items ever recommended: the coverage gauge
-    unit_vectors: np.ndarray = field(init=False)  # (N, D) fused vectors scaled to unit length: cosines
 
-    def __post_init__(self) -> None:
-        self.unit_vectors = unit_rows(self.vectors[:, :-1])
+    @property
+    def model_version(self) -> str:
+        return self.model.version
 
-    async def close(self) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
+    def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
 
-    @property
-    def learned_gamma(self) -> float:
-        g = self.checkpoint.model.serve_gamma
-        return float(self.checkpoint.model.gamma.detach()) if g is None else float(g)
+
+@dataclass(frozen=True)
+class LLM4RecRef:
+    """What the adapter watcher checks an adapter against: the trained model's dimensions."""
+
+    dim: int
+    trained_items: int
 
 
-def add_items_live(c: Components, new: Sequence[NewItem], cache_dir: Path) -> list[str]:
-    """Cold start on the running service: content-only vectors for `new` (ids not in the catalogue),
-    then the index. Every table a request reads grows before the index can return a new id, and the
-    id map last, so a concurrent request sees either the old catalogue or the whole new one."""
-    new = [it for it in new if it.item_id not in c.item_index]
-    if not new:
-        return []
-    ck = c.checkpoint
-    grown = add_items(ck.data, new)
-    wide = extend_model(ck.model, grown, ck.train, cache_dir)
-    ck.model.item_vectors()  # fill the model's vector cache here, not in the next request
-    ids = list(range(ck.data.num_items, grown.num_items))
-    vectors = index_vectors(ck.model)
-    if c.context is not None:
-        c.title_vectors = c.context.embed(list(grown.titles()))
-    c.titles = list(grown.titles())
-    c.aspects = [grown.aspects(i) for i in range(grown.num_items)]
-    payloads = item_payloads(grown, np.zeros(0), ids)
-    c.vectors, c.unit_vectors = vectors, unit_rows(vectors[:, :-1])
-    c.payloads = c.payloads + payloads
-    c.checkpoint = replace(ck, data=grown, train=wide)
-    c.items.upsert(ids, vectors[ids], payloads)
-    c.item_index = {**c.item_index, **{grown.item_ids[i]: i for i in ids}}
-    return [grown.item_ids[i] for i in ids]
-
-
-def build_components(settings: Settings) -> Components:
+def build_components(settings: Settings, text: TextEncoder, context: bool = True) -> Components:
+    """The trained model's bundle (`context`: with RAG, when enabled); raises NotReadyError without a
+    checkpoint (or index, when the settings forbid building it here)."""
     if not (settings.model_dir / "model.safetensors").is_file():
         raise NotReadyError(f"no checkpoint at {settings.model_dir}; run `llm4rec train --out {settings.model_dir}`")
-    ck = open_checkpoint(settings.model_dir, settings.cache_dir)
-    key = settings.index.api_key.get_secret_value() if settings.index.api_key else None
-    engine = make_engine(settings.index.location, key)
+    ck = load_serving_checkpoint(settings.model_dir, settings.cache_dir)
+    engine = make_engine(settings.index.location, _secret(settings))
     items = engine.open(ITEMS)
     if items is None:
         if not settings.index.build_if_missing:
             raise NotReadyError(f"no item index at {settings.index.location}; run `llm4rec index build`")
-        items = build_item_index(engine, ck.model, ck.data, ck.train.popularity())  # first start: minutes, with bars
-    data = ck.data
-    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-    context = _context_store(settings, engine, ck) if settings.rag.enabled else None
+        items = build_item_index(engine, ck.model, ck.data, ck.train.popularity())  # minutes, with bars
+    vectors = index_vectors(ck.model)
+    source = ModelItemVectors(ck.model, ck.train, settings.cache_dir)
+    catalogue = Catalogue(ck.data, items, vectors, read_payloads(items, ck.data.num_items), source)
+    rag = _context_store(settings, engine, ck.data, text) if context and settings.rag.enabled else None
     return Components(
-        checkpoint=ck,
-        items=items,
-        context=context,
-        title_vectors=context.embed(list(data.titles())) if context else None,
-        history=RedisHistoryStore(redis, settings.history_prefix, settings.history_len)
-        if redis
-        else MemoryHistoryStore(settings.history_len),
-        redis=redis,
-        vectors=index_vectors(ck.model),
-        payloads=index_payloads(items, data.num_items),
-        item_index={x: i for i, x in enumerate(data.item_ids)},
-        aspects=[data.aspects(i) for i in range(data.num_items)],
-        titles=list(data.titles()),
-        model_version=checkpoint_version(settings.model_dir),
+        model=GenerativeUserModel(ck.model, ck.version),
+        catalogue=catalogue,
+        context=rag,
+        title_vectors=text(catalogue.titles) if rag else None,
+        base_model=LLM4RecRef(ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0])),
         engine=engine,
     )
 
 
-def index_payloads(index: VectorIndex, n: int, chunk: int = 2048) -> list[Payload]:
-    """Payloads of points 0..n-1 as the index holds them (immutable: POST /items only inserts)."""
-    out: list[Payload] = []
-    for lo in range(0, n, chunk):
-        got = index.retrieve(range(lo, min(lo + chunk, n)))
-        out += [got.get(i, {}) for i in range(lo, min(lo + chunk, n))]
-    return out
+def build_cold_start(settings: Settings, text: TextEncoder | None) -> Components:
+    """Before any model is trained: items as text-encoder vectors of their content (`text`; None:
+    popularity alone, built in seconds without loading the encoder), users as the mean of their
+    history's vectors, popularity from the dataset; in memory."""
+    data = load_dataset(settings.cold_start.dataset)
+    pop = np.bincount(data.interactions.item, minlength=data.num_items).astype(np.float64)
+    source = ContentItemVectors(text)
+    vectors = source.grow(data, np.zeros((0, 0), np.float32))
+    vectors[:, -1] = np.log1p(pop)
+    engine = make_engine(":memory:")
+    index = engine.create(ITEMS, vectors.shape[1], INDEXED_FIELDS)
+    payloads = item_payloads(data, pop)
+    index.upsert(list(range(data.num_items)), vectors, payloads)
+    catalogue = Catalogue(data, index, vectors, payloads, source)
+    version = f"{COLD_START_VERSION}:{'content' if text is not None else 'popularity'}"
+    return Components(ContentUserModel(catalogue, settings.cold_start.gamma, version), catalogue, engine=engine)
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-9)
-    return out
+def _secret(settings: Settings) -> str | None:
+    return settings.index.api_key.get_secret_value() if settings.index.api_key else None
 
 
-def _context_store(settings: Settings, engine: IndexEngine, ck: OpenedCheckpoint) -> ContextStore:
-    embed = TextEncoder(settings.cache_dir, progress=True)  # in memory; first start embeds every entry
+def _context_store(settings: Settings, engine: IndexEngine, data: RecDataset, text: TextEncoder) -> ContextStore:
     index = engine.open(CONTEXT)
     if index is None:
-        index = build_context_index(engine, build_entries(ck.data), embed)
+        index = build_context_index(engine, build_entries(data), text)  # first start: every entry
     r = settings.rag
-    return ContextStore(index, embed, ContextWeights(l1=r.l1, l2=r.l2, l3=r.l3, sigma_days=r.sigma_days))
+    return ContextStore(index, text, ContextWeights(l1=r.l1, l2=r.l2, l3=r.l3, sigma_days=r.sigma_days))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,7 +21,9 @@ from typing import Protocol
 import anyio
 import structlog
 from aiokafka import AIOKafkaProducer
+from cachetools import LRUCache
 from redis.asyncio import Redis
+from tenacity import retry, retry_if_exception_type, wait_exponential
 
 from common.events import FEEDBACK_TOPIC, FeedbackEvent
 from retrieval.history import HistoryStore
@@ -135,31 +136,39 @@ class Forwarder:
         return self.spool.committed >= pos
 
     async def run(self) -> None:
-        backoff = 0.1
         while True:
-            records = await anyio.to_thread.run_sync(self.spool.read, self.spool.committed, self.batch)
-            if not records:
+            if not await self._forward():
                 self._wake.clear()
                 with anyio.move_on_after(1.0):
                     await self._wake.wait()
-                continue
-            if await self._send(records):
-                backoff = 0.1
-            else:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
 
-    async def _send(self, records: list[Record]) -> bool:
+    # Logged once per outage (event_sink_down / event_sink_up in `_send`), not per retry: during a Kafka
+    # outage this retries for as long as it lasts, and the metrics count the failures.
+    @retry(retry=retry_if_exception_type(SinkUnavailableError), wait=wait_exponential(multiplier=0.1, max=5.0),
+           reraise=True)  # fmt: skip
+    async def _forward(self) -> bool:
+        """Send the next batch from the spool's committed position; False if there is none. Raises
+        SinkUnavailableError (retried: the rest of the batch is read again from the spool and resent)."""
+        records = await anyio.to_thread.run_sync(self.spool.read, self.spool.committed, self.batch)
+        if not records:
+            return False
+        await self._send(records)
+        return True
+
+    async def _send(self, records: list[Record]) -> None:
+        """Publish, commit what the sink acknowledged, and keep the health flag and metrics current; then
+        re-raise the sink's failure, if any, for the retry."""
         payloads = [(FeedbackEvent.model_validate_json(r.line).user_id.encode(), r.line) for r in records]
-        done, ok = 0, True
+        done, failure = 0, None
         try:
             done = await self.sink.publish(payloads)
         except SinkUnavailableError as e:
-            done, ok = e.acked, False
+            done, failure = e.acked, e
             if self.healthy:
                 log.warning("event_sink_down", sink=self.sink.name, error=str(e))
             self.metrics.feedback_sink_errors.inc()
             self._replaying = True
+        ok = failure is None
         if done:
             await anyio.to_thread.run_sync(self.spool.commit, records[done - 1].end, done)
             self.metrics.feedback_published.inc(done)
@@ -173,7 +182,8 @@ class Forwarder:
         self.healthy = ok
         self.metrics.feedback_sink_up.set(1 if ok else 0)
         self.metrics.feedback_spool_pending.set(self.spool.pending)
-        return ok
+        if failure is not None:
+            raise failure
 
 
 class EventIdDeduper(Protocol):
@@ -185,18 +195,18 @@ class EventIdDeduper(Protocol):
 
 
 class MemoryDeduper:
+    """The newest `capacity` event ids by last sighting (a duplicate counts as a sighting): least
+    recently seen forgotten first."""
+
     def __init__(self, capacity: int = 1_000_000) -> None:
         self.capacity = capacity
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: LRUCache[str, None] = LRUCache(maxsize=capacity)
 
     async def claim(self, ids: Sequence[str]) -> list[bool]:
         out = []
         for i in ids:
             out.append(i not in self._seen)
-            self._seen[i] = None
-            self._seen.move_to_end(i)
-        while len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
+            self._seen[i] = None  # (re)inserting makes it the most recently seen
         return out
 
     async def release(self, ids: Sequence[str]) -> None:

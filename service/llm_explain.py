@@ -21,7 +21,7 @@ import anyio
 import httpx
 import structlog
 
-from service.components import Components
+from retrieval.catalog import Catalogue
 from service.explain import Explainer, TemplateExplainer, ToWord, template_text
 from service.metrics import Metrics
 from service.settings import ExplainSettings
@@ -234,7 +234,7 @@ def bundled_gguf() -> Path:
     return Path(pkg.assemble())
 
 
-def make_explainer(s: ExplainSettings, c: Components, metrics: Metrics) -> Explainer:
+def make_explainer(s: ExplainSettings, c: Catalogue, metrics: Metrics) -> Explainer:
     if s.backend == "template":
         return TemplateExplainer()
     vocab = sorted({a for aspects in c.aspects for a in aspects})

@@ -3,7 +3,14 @@ registry per app (tests build many apps in one process; a global registry would 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from service.components import Components
+    from service.recommender import Result
 
 # request latency: fine below 20 ms (the target), coarse above
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -56,3 +63,23 @@ class Metrics:
         self.rate_limited = Counter("recsys_rate_limited_total", "Write requests refused with 429", registry=r)
         self.items_upserted = Counter("recsys_items_upserted_total", "Items added through POST /items", registry=r)
         self.feedback_sink_up.set(1)
+
+    def observe_recommendation(self, r: Result, c: Components) -> None:
+        """Stage latencies and what the list says about bias: popularity, diversity, coverage."""
+        for stage, seconds in r.stages.items():
+            self.stage.labels(stage).observe(seconds)
+        if r.cold_start:
+            self.cold_start.inc()
+        if r.degraded:
+            self.dependency_errors.labels("history").inc()
+        if not r.items:
+            return
+        self.recommended_items.inc(len(r.items))
+        ids = [c.catalogue.item_index[it.item_id] for it in r.items]
+        c.recommended.update(ids)
+        self.recommended_coverage.set(len(c.recommended) / max(len(c.catalogue.payloads), 1))
+        self.recommended_popularity.set(float(np.mean([it.payload.get("popularity", 0) for it in r.items])))
+        if len(r.items) > 1:
+            unit = c.catalogue.unit_vectors[ids]
+            n = len(r.items)
+            self.recommended_diversity.set(1.0 - float(((unit @ unit.T).sum() - n) / (n * (n - 1))))

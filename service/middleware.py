@@ -10,13 +10,36 @@ import random
 import time
 
 import structlog
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
 
+SCOPE_KEY = "llm4rec.request_id"
+MAX_REQUEST_ID = 128
+
 
 class BodyTooLargeError(Exception):
     pass
+
+
+def request_id(request: Request) -> str:
+    """The request's id: the client's `X-Request-ID` when it sent a usable one, else ours; the same
+    value goes back in the header, into every log line and into the answer's body."""
+    rid: str = request.scope.get(SCOPE_KEY) or new_request_id()
+    return rid
+
+
+def new_request_id() -> str:
+    # not uuid4: its getrandom syscall releases the GIL, and under load the event loop then waits a
+    # whole switch interval for worker threads to hand it back (seen in the soak's profile)
+    return f"{random.getrandbits(128):032x}"
+
+
+def _client_id(raw: bytes) -> str | None:
+    """A client's id is kept if it is 1-128 printable ASCII characters (it travels in headers and logs)."""
+    text = raw.decode("latin-1")
+    return text if 0 < len(text) <= MAX_REQUEST_ID and text.isascii() and text.isprintable() else None
 
 
 class RequestContext:
@@ -28,9 +51,8 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        # not uuid4: its getrandom syscall releases the GIL, and under load the event loop then waits a
-        # whole switch interval for worker threads to hand it back (seen in the soak's profile)
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or f"{random.getrandbits(128):032x}"
+        rid = _client_id(headers.get(b"x-request-id", b"")) or new_request_id()
+        scope[SCOPE_KEY] = rid
         status, over, replaced, seen = 500, False, False, 0
         start = time.perf_counter()
 

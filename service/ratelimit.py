@@ -5,23 +5,24 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
+
+from cachetools import LRUCache
 
 
 class TokenBuckets:
     def __init__(self, rate: float, burst: int, max_callers: int = 100_000) -> None:
         self.rate, self.burst, self.max_callers = rate, burst, max_callers
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller -> (tokens, last time)
+        # caller -> (tokens, last time); beyond max_callers the longest-idle caller's bucket goes (it would
+        # be full again by now anyway)
+        self._buckets: LRUCache[str, tuple[float, float]] = LRUCache(maxsize=max_callers)
 
     def take(self, caller: str, now: float | None = None) -> float:
         """0 if allowed (a token is spent), else the seconds to wait."""
         now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.pop(caller, (float(self.burst), now))
+        tokens, last = self._buckets.get(caller, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - last) * self.rate)
         wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
         self._buckets[caller] = (tokens - 1 if wait == 0 else tokens, now)
-        if len(self._buckets) > self.max_callers:
-            self._buckets.popitem(last=False)  # the longest-idle caller: its bucket would be full anyway
         return wait
 
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import random
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import numpy as np
 import structlog
+from cachetools import LRUCache, TLRUCache
 
 from models.adapter import AdapterView
-from retrieval.catalog import query_vector, user_vector
 from retrieval.context import ScoredContext
+from retrieval.history import HistoryStore
 from retrieval.index import Filters, Hit
+from retrieval.user_models import query_vector
 from service.adapters import AdapterWatcher
 from service.components import Components
 from service.explain import (
@@ -40,6 +41,7 @@ from service.llm_rerank import Reranker, promote
 log = structlog.get_logger()
 CONTEXT_TTL_S = 600.0
 USER_CACHE_SIZE = 100_000
+CONTEXT_CACHE_SIZE = 100_000
 
 
 @dataclass(frozen=True)
@@ -78,27 +80,47 @@ class Result:
     adapter_version: int = 0
 
 
-class Recommender:
-    def __init__(self, c: Components, explainer: Explainer, mmr_pool: int = 4, reranker: Reranker | None = None,
-                 rerank_pool: int = 20, adapters: AdapterWatcher | None = None) -> None:  # fmt: skip
-        self.c, self.explainer, self.mmr_pool, self.adapters = c, explainer, mmr_pool, adapters
-        self.reranker, self.rerank_pool = reranker, rerank_pool
-        self._user_cache: OrderedDict[str, tuple[tuple[int, ...], np.ndarray]] = OrderedDict()  # history, vector
-        self._context_cache: OrderedDict[int, tuple[float, list[ScoredContext]]] = OrderedDict()
-        self._cold_query = c.vectors[:, :-1].mean(0)
+def _context_expiry(_key: int, _value: object, now: float) -> float:
+    # spread over +-20%: entries cached together at start-up would otherwise expire together
+    return now + CONTEXT_TTL_S * random.uniform(0.8, 1.2)
 
-    async def recommend(self, q: Query) -> Result:
+
+class Recommender:
+    """Serves one model's bundle; the service builds a new one when a trained model is swapped in."""
+
+    def __init__(self, c: Components, history: HistoryStore, explainer: Explainer, mmr_pool: int = 4,
+                 reranker: Reranker | None = None, rerank_pool: int = 20,
+                 adapters: AdapterWatcher | None = None) -> None:  # fmt: skip
+        self.c, self.history, self.explainer, self.mmr_pool = c, history, explainer, mmr_pool
+        self.reranker, self.rerank_pool, self.adapters = reranker, rerank_pool, adapters
+        # per user: (the history it was encoded from, the vector)
+        self._user_cache: LRUCache[str, tuple[tuple[int, ...], np.ndarray]] = LRUCache(USER_CACHE_SIZE)
+        self._context_cache: TLRUCache[int, list[ScoredContext]] = TLRUCache(
+            CONTEXT_CACHE_SIZE, _context_expiry, timer=time.monotonic
+        )
+        self._cold_query = c.catalogue.vectors[:, :-1].mean(0)
+        self.active = 0  # requests in progress
+
+    async def recommend(self, q: Query, request_id: str) -> Result:
+        self.active += 1  # a retired Recommender closes its bundle only once no request holds it
+        try:
+            return await self._recommend(q, request_id)
+        finally:
+            self.active -= 1
+
+    async def _recommend(self, q: Query, request_id: str) -> Result:
         stages: dict[str, float] = {}
         t = time.perf_counter()
+        cat = self.c.catalogue
         try:
-            recent = await self.c.history.recent(q.user_id, self.c.history.max_len)
+            recent = await self.history.recent(q.user_id, self.history.max_len)
             degraded = False
         except Exception as e:  # history store down: answer without personalisation rather than fail
             log.warning("history_unavailable", error=str(e))
             recent, degraded = [], True
-        history = [self.c.item_index[i] for i, _ in recent if i in self.c.item_index]
+        history = [cat.item_index[i] for i, _ in recent if i in cat.item_index]
         stages["history"] = time.perf_counter() - t
-        gamma = self.c.learned_gamma if q.gamma is None else q.gamma
+        gamma = self.c.model.learned_gamma if q.gamma is None else q.gamma
         adapter = self.adapters.current if self.adapters is not None else None  # one version for the request
         # on the event loop, not in a worker thread: the work holds the GIL nearly throughout (about 2 ms),
         # and handing it to a thread and back cost more than it overlapped. Measured at 200 requests/s:
@@ -117,8 +139,8 @@ class Recommender:
         items = [Recommended(str(h.payload["item_id"]), h.score, rank, h.payload, e)
                  for rank, (h, e) in enumerate(zip(hits, explanations, strict=True), start=1)]  # fmt: skip
         version = adapter.version if adapter is not None else 0
-        rid = f"{random.getrandbits(128):032x}"
-        return Result(rid, self.c.model_version, not history, gamma, items, stages, degraded, version)
+        cold = self.c.model.cold_start or not history
+        return Result(request_id, self.c.model.version, cold, gamma, items, stages, degraded, version)
 
     def _retrieve_and_reason(self, q: Query, history: list[int], gamma: float, adapter: AdapterView | None,
                              stages: dict[str, float]) -> tuple[list[Hit], list[list[Reason]]]:  # fmt: skip
@@ -131,12 +153,13 @@ class Recommender:
     def _retrieve(self, q: Query, history: list[int], gamma: float, adapter: AdapterView | None,
                   stages: dict[str, float]) -> list[Hit]:  # fmt: skip
         t = time.perf_counter()
+        cat = self.c.catalogue
         user = self._user_vector(q.user_id, history) if history else self._cold_query
         if adapter is not None and history:
             user = adapter.user(user)  # the learner's low-rank correction of the user vector
         stages["user_encoding"] = time.perf_counter() - t
         t = time.perf_counter()
-        excluded = {self.c.item_index[i] for i in q.exclude_item_ids if i in self.c.item_index}
+        excluded = {cat.item_index[i] for i in q.exclude_item_ids if i in cat.item_index}
         if q.exclude_seen:
             excluded.update(history)
         f = Filters(q.categories, q.year_min, q.year_max, frozenset(excluded))
@@ -149,8 +172,8 @@ class Recommender:
         # an index can hold points the running model lacks (items added before a restart whose log was
         # lost): they cannot be scored or explained, so they are not served
         # payloads come from the service's copy: converting them on every query cost a quarter of the search
-        payloads = self.c.payloads
-        found = self.c.items.search(query_vector(user, gamma), pool, f, with_payload=False)
+        payloads = cat.payloads
+        found = cat.index.search(query_vector(user, gamma), pool, f, with_payload=False)
         hits = [Hit(h.id, h.score, payloads[h.id]) for h in found if h.id < len(payloads)]
         if biased:
             assert adapter is not None
@@ -158,9 +181,7 @@ class Recommender:
         stages["retrieval"] = time.perf_counter() - t
         t = time.perf_counter()
         if self.reranker is not None and history and hits:
-            chosen = self.reranker.choose(
-                [self.c.titles[i] for i in history[-10:]], [self.c.titles[h.id] for h in hits]
-            )
+            chosen = self.reranker.choose([cat.titles[i] for i in history[-10:]], [cat.titles[h.id] for h in hits])
             hits = [hits[i] for i in promote(list(range(len(hits))), chosen)]
         hits = self._mmr(hits, q.k, q.diversity) if q.diversity > 0 else hits[: q.k]
         stages["rerank"] = time.perf_counter() - t
@@ -173,13 +194,9 @@ class Recommender:
         key = tuple(history)
         cached = self._user_cache.get(user_id)
         if cached is not None and cached[0] == key:
-            self._user_cache.move_to_end(user_id)
             return cached[1]
-        vec = user_vector(self.c.checkpoint.model, history)
+        vec = self.c.model.encode(history)
         self._user_cache[user_id] = (key, vec)
-        self._user_cache.move_to_end(user_id)
-        if len(self._user_cache) > USER_CACHE_SIZE:
-            self._user_cache.popitem(last=False)
         return vec
 
     def _mmr(self, hits: list[Hit], k: int, lam: float) -> list[Hit]:
@@ -188,7 +205,7 @@ class Recommender:
             return hits
         rel = np.array([h.score for h in hits])
         rel = (rel - rel.min()) / (np.ptp(rel) + 1e-9)
-        unit = self.c.unit_vectors[[h.id for h in hits]]
+        unit = self.c.catalogue.unit_vectors[[h.id for h in hits]]
         chosen: list[int] = []
         rest = list(range(len(hits)))
         while rest and len(chosen) < k:
@@ -200,21 +217,22 @@ class Recommender:
 
     async def _explain(self, q: Query, hits: list[Hit], reasons: list[list[Reason]]) -> list[Explanation]:
         chosen = [choose(r) for r in reasons]
+        cat = self.c.catalogue
         texts = await self.explainer.word(
-            [ToWord(self.c.titles[h.id], self.c.aspects[h.id], r) for h, r in zip(hits, chosen, strict=True)]
+            [ToWord(cat.titles[h.id], cat.aspects[h.id], r) for h, r in zip(hits, chosen, strict=True)]
         )
         return [Explanation(ch.type, text, ch.evidence, {r.type: round(r.weight, 4) for r in rs})
                 for ch, text, rs in zip(chosen, texts, reasons, strict=True)]  # fmt: skip
 
     def _reasons(self, q: Query, hits: list[Hit], history: list[int]) -> list[list[Reason]]:
         """Eq. 19-24 for every recommended item at once."""
-        c = self.c
+        c = self.c.catalogue
         recent = history[-50:]  # the evidence a reader can check: the newest part of the history
         shares = aspect_shares([c.aspects[i] for i in recent])
-        ids = [c.checkpoint.data.item_ids[i] for i in recent]
+        ids = [c.data.item_ids[i] for i in recent]
         titles = [c.titles[i] for i in recent]
         cos = c.unit_vectors[[h.id for h in hits]] @ c.unit_vectors[recent].T  # (K, H)
-        w = c.context.weights if c.context is not None else None
+        w = self.c.context.weights if self.c.context is not None else None
         out = []
         for row, h in enumerate(hits):
             reasons = [preference_reason(c.aspects[h.id], shares), similarity_reason(cos[row], ids, titles)]
@@ -228,19 +246,14 @@ class Recommender:
         are cached for CONTEXT_TTL_S (their temporal term moves by days, not seconds)."""
         c = self.c
         assert c.context is not None
-        query = c.titles[item] if c.title_vectors is None or item >= len(c.title_vectors) else c.title_vectors[item]
+        title = c.catalogue.titles[item]
+        query = title if c.title_vectors is None or item >= len(c.title_vectors) else c.title_vectors[item]
         if t_now is not None:
             return c.context.retrieve(query, k=3, items=[item], t_now=t_now)
-        now = time.monotonic()
         hit = self._context_cache.get(item)
-        if hit is not None and now < hit[0]:
-            return hit[1]
-        entries = c.context.retrieve(query, k=3, items=[item])
-        # expiry spread over +-20%: entries cached together at start-up would otherwise expire together
-        self._context_cache[item] = (now + CONTEXT_TTL_S * random.uniform(0.8, 1.2), entries)
-        if len(self._context_cache) > 100_000:
-            self._context_cache.popitem(last=False)
-        return entries
+        if hit is None:
+            hit = self._context_cache[item] = c.context.retrieve(query, k=3, items=[item])
+        return hit
 
 
 def _with_bias(hits: list[Hit], bias: np.ndarray) -> list[Hit]:

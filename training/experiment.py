@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,14 +10,15 @@ from typing import Any
 from models.data import RecDataset
 from models.llm4rec import LLM4Rec
 from models.scoring import Scorer, Trainable, TrainData
-from models.splits import Split, implicit, leave_one_out, temporal
+from models.splits import Split
 from recdata import load_dataset
+from training.checkpoint import SPLITS as SPLITS
+from training.checkpoint import checkpoint_version as checkpoint_version
+from training.checkpoint import load_checkpoint, read_checkpoint_meta, split_dataset
 from training.evaluate import EvalContext, evaluate
 from training.fit import FitConfig, fit, seed_everything
-from training.llm4rec_train import TrainedLLM4Rec, load_checkpoint, read_checkpoint_meta
+from training.llm4rec_train import TrainedLLM4Rec
 from training.zoo import BASELINES
-
-SPLITS = ("leave-one-out", "temporal")
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,7 @@ class RunConfig:
 
 
 def make_split(data: RecDataset, config: RunConfig) -> Split:
-    if config.split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {config.split!r}")
-    data = implicit(data, config.min_rating)
-    return leave_one_out(data) if config.split == "leave-one-out" else temporal(data)
+    return split_dataset(data, config.split, config.min_rating)
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,8 @@ def llm4rec_fit_config(config: RunConfig) -> FitConfig:
 
 @dataclass(frozen=True)
 class OpenedCheckpoint:
-    """A trained LLM4Rec with the dataset and training split it was trained on."""
+    """A trained LLM4Rec with the dataset and the whole split it was trained on, for evaluation. Serving
+    needs no split: `training.checkpoint.load_serving_checkpoint`."""
 
     model: LLM4Rec
     data: RecDataset
@@ -101,11 +99,6 @@ class OpenedCheckpoint:
     train: TrainData
     config: RunConfig
     meta: dict[str, Any]
-
-
-def checkpoint_version(path: Path) -> str:
-    """A checkpoint's identity (its weights' hash): adapters name the model they were trained for."""
-    return hashlib.sha256((Path(path) / "model.safetensors").read_bytes()).hexdigest()[:12]
 
 
 def open_checkpoint(path: Path, cache_dir: Path, protocol: str = "full") -> OpenedCheckpoint:

@@ -18,6 +18,10 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+GPU_CHECK = (ROOT / "scripts/gpu_check.sh").read_text()
+# Gemma 3 270M's config marks its sliding-window layers only through `layer_types`, read by vLLM since
+# PR #21927 (August 2025); v0.10.2 is the first release cut well after it (see docker-compose.yml).
+VLLM_FLOOR = (0, 10, 2)
 
 
 def _field_exists(model: type[BaseModel], path: list[str]) -> bool:
@@ -109,3 +113,40 @@ def test_grafana_provisioning_is_valid() -> None:
     provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/llm4rec.yml").read_text())
     mount = SERVICES["grafana"]["volumes"]
     assert f"./deploy/grafana/dashboards:{provider['providers'][0]['options']['path']}:ro" in mount
+
+
+def _release(tag: str) -> tuple[int, ...]:
+    m = re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)(?:\.\d+|\.post\d+)?", tag)
+    assert m, f"vLLM image tag {tag!r} is not a release (latest and nightlies are not reproducible)"
+    return tuple(int(x) for x in m.groups())
+
+
+def _arg(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def _script_default(name: str) -> str:
+    m = re.search(rf"^{name}=(\S+)$", GPU_CHECK, re.M)
+    assert m, name
+    return m.group(1)
+
+
+def test_vllm_is_a_release_that_serves_gemma_3_270m_and_the_service_asks_for_its_model() -> None:
+    vllm = SERVICES["vllm"]
+    image, tag = vllm["image"].rsplit(":", 1)
+    assert image == "vllm/vllm-openai"
+    assert _release(tag) >= VLLM_FLOOR
+    model, served = _arg(vllm["command"], "--model"), _arg(vllm["command"], "--served-model-name")
+    assert model == "google/gemma-3-270m-it"
+    env = _env("service")
+    assert env["RECSYS_EXPLAIN__MODEL"] == served
+    assert env["RECSYS_EXPLAIN__MODE"] == "chat"  # an instruction-tuned (-it) model
+    assert "RECSYS_EXPLAIN_BACKEND" in env["RECSYS_EXPLAIN__BACKEND"]  # the gpu profile's switch
+
+
+def test_the_gpu_check_serves_what_compose_serves() -> None:
+    vllm = SERVICES["vllm"]
+    assert _script_default("VLLM_VERSION") == vllm["image"].rsplit(":v", 1)[1]
+    assert _script_default("MODEL") == _arg(vllm["command"], "--model")
+    assert _script_default("SERVED") == _arg(vllm["command"], "--served-model-name")
+    assert _arg(vllm["command"], "--max-model-len") in GPU_CHECK

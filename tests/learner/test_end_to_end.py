@@ -27,6 +27,7 @@ from learner.metrics import LearnerMetrics
 from learner.settings import GuardSettings, LearnerSettings
 from llm4rec.embedded import attach_learner
 from service.settings import Settings
+from service.state import app_state
 from tests.conftest import REDIS_URL, SmallTrained, serve, with_
 from tests.kafka_mock import mock_kafka
 from tests.net import free_port
@@ -74,12 +75,12 @@ async def test_embedded_learner_serves_a_new_adapter_after_feedback(
     ls = _learner_settings(checkpoint, small_trained, prefix)
     s = with_(settings, redis_url=None, adapter=ls.adapter)
     async with serve(s, store) as (client, app):
-        await attach_learner(app, ls, store)
+        await attach_learner(app_state(app), ls, store)
         assert await _adapter_version(client) == 0
         r = await client.post("/feedback", json={"events": _likes("u1", range(20, 32))})
         assert r.status_code == 202
         await until(lambda: _adapter_version(client), timeout_s=10)
-        assert app.state.metrics.registry.get_sample_value("recsys_adapter_swaps_total") >= 1
+        assert app_state(app).metrics.registry.get_sample_value("recsys_adapter_swaps_total") >= 1
 
 
 async def test_feedback_through_kafka_reaches_the_served_adapter(
@@ -114,7 +115,7 @@ async def test_bad_adapters_in_redis_are_refused_and_serving_continues(settings:
     async with serve(with_(settings, adapter=a)) as (client, app):
         redis = Redis.from_url(REDIS_URL)
         store = RedisAdapterStore(redis, a.prefix)
-        watcher = app.state.adapters
+        watcher = app_state(app).recommender.adapters
         good = {k: v.copy() for k, v in vars(watcher.current).items() if k in ("A", "B", "item_bias")}
         good["item_bias"][:] = 0.01
         shapes = {k: list(v.shape) for k, v in good.items()}
@@ -137,7 +138,7 @@ async def test_bad_adapters_in_redis_are_refused_and_serving_continues(settings:
         await store.publish(5, fields, [])
         await until(lambda: 5 in watcher.rejected, 10)
         assert await _adapter_version(client) == 1  # still the last good one
-        m = app.state.metrics.registry
+        m = app_state(app).metrics.registry
         for reason in ("signature", "corrupt", "base_model", "shape"):
             assert m.get_sample_value("recsys_adapter_rejections_total", {"reason": reason}) == 1
         await publish(6, b"sign")
@@ -170,7 +171,7 @@ async def test_a_redis_restart_keeps_the_last_adapter_and_reconnects(settings: S
     await until(lambda: _pings(url))
     a = AdapterSettings(signing_key="sign", poll_s=0.2)  # type: ignore[arg-type]
     async with serve(with_(settings, redis_url=url, adapter=a)) as (client, app):
-        watcher = app.state.adapters
+        watcher = app_state(app).recommender.adapters
         tensors = {k: v.copy() for k, v in vars(watcher.current).items() if k in ("A", "B", "item_bias")}
         shapes = {k: list(v.shape) for k, v in tensors.items()}
 

@@ -15,8 +15,8 @@ from common.events import FeedbackEvent
 from common.settings import AdapterSettings
 from learner.build import build_learner
 from learner.metrics import LearnerMetrics
-from learner.pipeline import GuardConfig, Learner
-from learner.trainer import OnlineConfig
+from learner.pipeline import Learner
+from learner.settings import GuardSettings, OnlineSettings
 from tests.conftest import SmallTrained
 
 pytestmark = pytest.mark.anyio
@@ -27,11 +27,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _learner(checkpoint: Path, st: SmallTrained, store: MemoryAdapterStore, guard: GuardConfig | None = None,
+def _learner(checkpoint: Path, st: SmallTrained, store: MemoryAdapterStore, guard: GuardSettings | None = None,
              **online: float) -> Learner:  # fmt: skip
     adapter = AdapterSettings(signing_key="k")  # type: ignore[arg-type]
-    return build_learner(checkpoint, st.cache, store, adapter, OnlineConfig(**online), guard or GuardConfig(0),  # type: ignore[arg-type]
-                         LearnerMetrics(), fisher_examples=64)  # fmt: skip
+    guard = guard or GuardSettings(holdout_every=0)
+    return build_learner(checkpoint, st.cache, store, adapter, OnlineSettings(**online).to_config(),
+                         guard.to_config(), LearnerMetrics(), fisher_examples=64)  # fmt: skip
 
 
 def _likes(user: str, items: Sequence[int]) -> list[FeedbackEvent]:
@@ -59,7 +60,7 @@ async def test_the_guardrail_refuses_an_update_that_hurts_the_holdout(
     checkpoint: Path, small_trained: SmallTrained
 ) -> None:
     store = MemoryAdapterStore()
-    learner = _learner(checkpoint, small_trained, store, GuardConfig(holdout_every=3), lr=500.0, momentum=0.0)
+    learner = _learner(checkpoint, small_trained, store, GuardSettings(holdout_every=3), lr=500.0, momentum=0.0)
     before = learner.trainer.state()
     events = _likes("u1", list(range(20, 40)) * 3)  # a wild step on a sci-fi fan
     out = await learner.process(events)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineConfig, OnlineTrainer
+from learner.settings import OnlineSettings
+from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineTrainer
 from models.adapter import ServingAdapter
 from tests.conftest import SmallTrained
 
@@ -13,7 +14,7 @@ from tests.conftest import SmallTrained
 def _trainer(st: SmallTrained, **config: float) -> OnlineTrainer:
     torch.manual_seed(0)
     adapter = ServingAdapter(st.model.config.fusion.dim, st.data.num_items, rank=4)
-    return OnlineTrainer(st.model, adapter, OnlineConfig(**config))  # type: ignore[arg-type]
+    return OnlineTrainer(st.model, adapter, OnlineSettings(**config).to_config())
 
 
 def _romance_binge(user_history: list[int], n: int = 32) -> list[Example]:

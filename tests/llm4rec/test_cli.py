@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +18,8 @@ from typer.testing import CliRunner
 from llm4rec.cli import app
 from recdata.tables import DatasetSpec, Tables
 from tests.conftest import SmallTrained
+from tests.llm4rec.test_supervisor import descendants, running
+from tests.net import free_port, wait_http
 from tests.recdata.test_movielens import write_ml1m
 
 runner = CliRunner()
@@ -131,17 +139,11 @@ def test_adapter_rollback_republishes_an_old_version_signed_and_newer(monkeypatc
 def test_up_runs_service_and_learner_processes_against_kafka_and_redis(
     checkpoint: Path, small_trained: SmallTrained, tmp_path: Path
 ) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
     import uuid
 
     import httpx
 
     from tests.kafka_mock import mock_kafka
-    from tests.net import free_port
 
     port, metrics_port, prefix = free_port(), free_port(), f"test:up:{uuid.uuid4().hex}:"
     with mock_kafka() as kafka:
@@ -167,6 +169,57 @@ def test_up_runs_service_and_learner_processes_against_kafka_and_redis(
                 except httpx.HTTPError:
                     continue
             assert version > 0  # feedback went service -> Kafka -> learner process -> Redis -> service
+            assert len(descendants(up.pid)) >= 2  # the service and the learner
         finally:
-            up.send_signal(signal.SIGINT)
-            assert up.wait(60) == 0
+            _stop_up(up, signal.SIGINT)  # the learner and the service get SIGTERM from `up`
+
+
+@pytest.mark.parametrize(
+    ("sig", "ignore_sigint"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ids=["sigterm", "sigint", "sigint-ignored-at-start"],
+)
+def test_up_stops_within_10_s_of_a_signal_leaving_no_process_and_the_spool_intact(
+    checkpoint: Path, small_trained: SmallTrained, tmp_path: Path, sig: signal.Signals, ignore_sigint: bool
+) -> None:
+    """The embedded default (one service process). A shell's background job starts with SIGINT
+    ignored, which `up` and its children would inherit: `up` must take SIGINT all the same."""
+    import httpx
+
+    from service.spool import Position, Spool
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env |= {"RECSYS_MODEL_DIR": str(checkpoint), "RECSYS_CACHE_DIR": str(small_trained.cache),
+            "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"), "RECSYS_INDEX__LOCATION": str(tmp_path / "ix"),
+            "RECSYS_GUARD__HOLDOUT_EVERY": "0"}  # fmt: skip
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    up = subprocess.Popen([sys.executable, "-m", "llm4rec", "up", "--port", str(port)], env=env, preexec_fn=ignore)
+    events = [{"user_id": "u1", "item_id": f"m{i}", "type": "like"} for i in range(20, 25)]
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=120)
+        r = httpx.post(f"http://127.0.0.1:{port}/feedback", json={"events": events}, timeout=10)
+        assert r.status_code == 202, r.text
+    finally:
+        _stop_up(up, sig)
+    assert len(Spool(tmp_path / "spool").read(Position(0, 0), 100)) == len(events)  # acknowledged: kept
+
+
+def _stop_up(up: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send `sig` to `up`; it must exit 0 within 10 s with none of its processes left running (any
+    that are get SIGKILL here, so a failing test leaves nothing behind)."""
+    children = descendants(up.pid)
+    start = time.monotonic()
+    up.send_signal(sig)
+    code: int | None = None
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        code = up.wait(10)
+    took = time.monotonic() - start
+    left = sorted(p for p in children if running(p))
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    if code is None:
+        up.kill()
+        up.wait()
+    assert code == 0, f"`up` exited with {code} {took:.1f} s after {sig.name}"
+    assert not left, f"processes {left} outlived `up` ({took:.1f} s after {sig.name})"

@@ -11,17 +11,18 @@ import torch
 
 from models.scoring import HistoryBatch
 from retrieval.catalog import (
+    Catalogue,
+    ModelItemVectors,
     NewItem,
     build_item_index,
     extend_model,
     index_vectors,
-    query_vector,
-    upsert_new_items,
-    user_vector,
+    read_payloads,
 )
 from retrieval.edge import EdgeEngine
 from retrieval.index import Filters
 from retrieval.qdrant import QdrantEngine
+from retrieval.user_models import query_vector, user_vector
 from tests.conftest import SmallTrained
 
 
@@ -67,10 +68,16 @@ def test_new_items_get_content_vectors_and_are_retrievable(small_trained: SmallT
     new = [NewItem("new-space", "The robots story part 9", ("Sci-Fi", "Unknown genre"), 2024.0),
            NewItem("new-love", "The paris story part 9", ("Romance",), None)]  # fmt: skip
     try:
-        grown, ids = upsert_new_items(index, model, st.data, st.train, new, st.cache)
+        source = ModelItemVectors(model, st.train, st.cache)
+        catalogue = Catalogue(st.data, index, before, read_payloads(index, 40), source)
+        assert catalogue.add([*new, NewItem("m3", "already served")]) == ["new-space", "new-love"]
+        ids = [catalogue.item_index["new-space"], catalogue.item_index["new-love"]]
         assert ids == [40, 41]
-        assert grown.item_ids[40:] == ("new-space", "new-love")
+        assert catalogue.data.item_ids[40:] == ("new-space", "new-love")
+        assert catalogue.titles[41] == "The paris story part 9"
+        assert catalogue.payloads[41]["item_id"] == "new-love"
         after = index_vectors(model)
+        np.testing.assert_allclose(catalogue.vectors, after)
         np.testing.assert_allclose(after[:40], before, atol=1e-5)  # indexed items did not move
         assert np.isfinite(after[40:]).all()
         assert after[40, -1] == 0.0

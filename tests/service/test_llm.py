@@ -23,6 +23,7 @@ from service.llm_explain import (
 from service.llm_rerank import LlamaCppReranker, choice_grammar, promote
 from service.metrics import Metrics
 from service.settings import ExplainSettings, RerankSettings, Settings
+from service.state import app_state
 from tests.conftest import serve, with_
 from tests.net import free_port, wait_http
 
@@ -124,7 +125,7 @@ async def test_recommend_with_the_llm_explainer(settings: Settings, llama_server
         assert r.status_code == 200
         items = r.json()["items"]
         assert all(it["explanation"]["text"] for it in items)
-        m: Metrics = app.state.metrics
+        m: Metrics = app_state(app).metrics
         assert m.registry.get_sample_value("recsys_explainer_duration_seconds_count", {"backend": "openai"}) == 1
         ready = (await client.get("/readyz")).json()
         assert ready["dependencies"]["explainer"] == "openai"

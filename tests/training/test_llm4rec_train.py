@@ -42,7 +42,7 @@ def test_checkpoint_round_trip_and_dataset_check(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     model = build_model(data, train, Switches(), cache, progress=False)
     model.serve_gamma = 0.3
-    save_checkpoint(tmp_path / "ckpt", model, data, Switches(), {"note": "test"})
+    save_checkpoint(tmp_path / "ckpt", model, data, split.train, Switches(), {"note": "test"})
     loaded = load_checkpoint(tmp_path / "ckpt", data, train, cache)
     batch = HistoryBatch(torch.tensor([0, 1]), torch.tensor([[0, 1, 2], [3, 4, 5]]))
     model.eval()
@@ -64,6 +64,7 @@ def test_train_then_eval_checkpoint_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     meta = json.loads((ckpt / "config.json").read_text())
     assert meta["switches"]["ipw"] is False
+    assert (ckpt / "train.safetensors").is_file()  # serving loads the training interactions from here
     assert meta["model"]["fusion"]["text_dim"] == 384
     result = runner.invoke(app, ["eval", "--model", str(ckpt), "--cache-dir", str(cache), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output

@@ -1,0 +1,271 @@
+"""The service's state, built once at start-up (`build_state`, as vLLM's `init_app_state`) and read by the
+routes through `get_state`: one typed object instead of attributes scattered over `app.state`.
+
+What a trained model changes lives in `Serving`: its `current` Recommender is replaced whole when the
+trained model is swapped in for the cold-start one, so a request reads one model's bundle throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import structlog
+import torch
+from fastapi import FastAPI, Request
+from redis.asyncio import Redis
+
+from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore
+from models.adapter import ServingAdapter
+from retrieval.catalog import NewItem
+from retrieval.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore, dataset_histories
+from service.adapters import AdapterWatcher
+from service.components import Components, NotReadyError, build_cold_start, build_components
+from service.explain import Explainer
+from service.feedback import (
+    EventSink,
+    FeedbackIngest,
+    Forwarder,
+    InProcessSink,
+    KafkaEventSink,
+    MemoryDeduper,
+    RedisDeduper,
+)
+from service.llm_explain import bundled_gguf, make_explainer
+from service.llm_rerank import LlamaCppReranker
+from service.metrics import Metrics
+from service.ratelimit import TokenBuckets
+from service.recommender import Recommender
+from service.settings import Settings
+from service.spool import Spool
+from training.text_embeddings import TextEncoder
+
+log = structlog.get_logger()
+
+
+class Serving:
+    """The model being served. `swap` replaces it whole (bundle, explainer, adapter watcher): a request
+    holds the Recommender it started with, so it never mixes two models' vectors."""
+
+    def __init__(self, current: Recommender, watcher_task: asyncio.Task[None] | None) -> None:
+        self.current, self._watcher_task = current, watcher_task
+        self.trained = asyncio.Event()
+        self.building = ""  # what is still being built in the background, for /readyz and the logs
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.embedded = asyncio.Event()  # the cold-start content vectors are in (or could not be built)
+        if not current.c.model.cold_start:
+            self.trained.set()
+
+    async def swap(self, new: Recommender, watcher_task: asyncio.Task[None] | None) -> None:
+        old, old_task = self.current, self._watcher_task
+        self.current, self._watcher_task = new, watcher_task
+        if not new.c.model.cold_start:
+            self.trained.set()
+        await _stop(old_task)
+        self._retiring.add(asyncio.create_task(_retire(old)))
+        log.info("model_swapped", model_version=new.c.model_version, items=len(new.c.catalogue.payloads))
+
+    async def close(self) -> None:
+        await _stop(self._watcher_task)
+        await asyncio.gather(*self._retiring)
+        await _retire(self.current)
+
+
+async def _retire(old: Recommender) -> None:
+    """Close a replaced model's bundle once the requests that still hold it have finished."""
+    while old.active:
+        await asyncio.sleep(0.05)
+    await old.explainer.close()
+    old.c.close()
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    serving: Serving
+    history: HistoryStore
+    redis: Redis | None
+    sink: EventSink
+    forwarder: Forwarder
+    feedback: FeedbackIngest
+    text: TextEncoder
+    adapter_store: AdapterStore
+    write_buckets: TokenBuckets
+    items_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one catalogue change at a time
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def recommender(self) -> Recommender:
+        return self.serving.current
+
+    async def load_trained(self, context: bool = True) -> None:
+        """Swap in the trained model (the checkpoint at `settings.model_dir` and its index; `context`:
+        with the RAG collection, when enabled)."""
+        await self._swap_in(functools.partial(build_components, self.settings, self.text, context))
+
+    async def embed_cold_start(self) -> None:
+        """Popularity alone -> content vectors, while no trained model is served yet."""
+        try:
+            await self._swap_in(functools.partial(build_cold_start, self.settings, self.text))
+        except Exception as e:  # popularity keeps serving; the trained model will still come
+            log.warning("cold_start_embedding_failed", error=str(e))
+        finally:
+            self.serving.embedded.set()
+
+    async def _swap_in(self, build: Callable[[], Components]) -> None:
+        """Build a bundle off the event loop, then, with POST /items held, replay the added items into it
+        and swap: the new bundle serves every item the old one did. A cold-start bundle never replaces a
+        trained model."""
+        c = await anyio.to_thread.run_sync(build)
+        async with self.items_lock:
+            if c.model.cold_start and not self.recommender.c.model.cold_start:
+                c.close()
+                return
+            await anyio.to_thread.run_sync(_replay_added_items, c, self.settings.added_items_log)
+            s = self.settings
+            recommender, task = await _recommender(s, self.metrics, self.adapter_store, self.redis, self.history, c)
+            await self.serving.swap(recommender, task)
+        await _seed(self.history, c)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            await _stop(task)
+        await self.sink.close()
+        await self.serving.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def get_state(request: Request) -> ServiceState:
+    """The routes' accessor (a FastAPI dependency)."""
+    state: ServiceState = request.app.state.service
+    return state
+
+
+def app_state(app: FastAPI) -> ServiceState:
+    """The same for code holding the app (the CLI, tests)."""
+    state: ServiceState = app.state.service
+    return state
+
+
+async def build_state(settings: Settings, metrics: Metrics, adapter_store: AdapterStore | None) -> ServiceState:
+    # requests run small matrix products: one torch thread each beats two threads fighting over 2 cores
+    torch.set_num_threads(settings.torch_threads)
+    text = await anyio.to_thread.run_sync(TextEncoder, settings.cache_dir)
+    c = await anyio.to_thread.run_sync(_first_bundle, settings, text)
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    history: HistoryStore = (RedisHistoryStore(redis, settings.history_prefix, settings.history_len) if redis
+                             else MemoryHistoryStore(settings.history_len))  # fmt: skip
+    sink: EventSink = KafkaEventSink(settings.kafka.bootstrap_servers, settings.kafka.topic,
+                                     settings.kafka.request_timeout_ms) if settings.kafka.bootstrap_servers \
+        else InProcessSink()  # fmt: skip
+    spool = Spool(settings.feedback.spool_dir)
+    forwarder = Forwarder(spool, sink, metrics)
+    f = settings.feedback
+    deduper = RedisDeduper(redis, f.dedupe_prefix, f.dedupe_ttl_s, metrics) if redis else MemoryDeduper()
+    a = settings.adapter
+    store = adapter_store or (RedisAdapterStore(redis, a.prefix, a.keep) if redis else MemoryAdapterStore(a.keep))
+    recommender, task = await _recommender(settings, metrics, store, redis, history, c)
+    state = ServiceState(
+        settings, metrics, Serving(recommender, task), history, redis, sink, forwarder,
+        FeedbackIngest(spool, forwarder, deduper, history, metrics, f.ack_wait_s), text, store,
+        TokenBuckets(settings.api.write_rate_per_s, settings.api.write_burst),
+    )  # fmt: skip
+    seeded = await _seed(history, c)
+    state.tasks.append(asyncio.create_task(forwarder.run()))
+    if c.model.cold_start:
+        state.tasks.append(asyncio.create_task(state.embed_cold_start()))
+    log.info("service_started", model_version=c.model_version, cold_start=c.model.cold_start,
+             items=len(c.catalogue.payloads), users_seeded=seeded, sink=sink.name, spool_pending=spool.pending,
+             explainer=recommender.explainer.name)  # fmt: skip
+    return state
+
+
+def _first_bundle(settings: Settings, text: TextEncoder) -> Components:
+    """The trained model when there is one; else, where allowed, popularity alone (seconds)."""
+    try:
+        c = build_components(settings, text)
+    except NotReadyError:
+        if not settings.cold_start.enabled or (settings.model_dir / "model.safetensors").is_file():
+            raise
+        log.info("serving_cold_start", reason="no trained model yet", dataset=settings.cold_start.dataset)
+        c = build_cold_start(settings, None)
+    _replay_added_items(c, settings.added_items_log)
+    return c
+
+
+async def _recommender(
+    s: Settings, metrics: Metrics, store: AdapterStore, redis: Redis | None, history: HistoryStore, c: Components
+) -> tuple[Recommender, asyncio.Task[None] | None]:
+    """A Recommender for bundle `c`, with its explainer, re-ranker and (for a trained model) the adapter
+    watcher, already caught up with the published adapter."""
+    explainer: Explainer = await anyio.to_thread.run_sync(make_explainer, s.explain, c.catalogue, metrics)
+    reranker = None
+    if s.rerank.enabled and not c.model.cold_start:
+        reranker = await anyio.to_thread.run_sync(LlamaCppReranker, s.rerank.gguf_path or bundled_gguf())
+    watcher, task = None, None
+    if c.base_model is not None:
+        shapes = ServingAdapter.shapes(c.base_model.dim, c.base_model.trained_items, s.adapter.rank)
+        watcher = AdapterWatcher(store, s.adapter.key(), c.model_version, shapes, metrics, s.adapter.poll_s)
+        await watcher.refresh()
+        task = asyncio.create_task(watcher.run(redis, s.adapter.prefix))
+    recommender = Recommender(c, history, explainer, reranker=reranker, rerank_pool=s.rerank.pool,
+                              adapters=watcher)  # fmt: skip
+    return recommender, task
+
+
+async def add_items(state: ServiceState, new: list[NewItem]) -> list[str]:
+    """POST /items: the catalogue grows (and the index with it), then the log that replays the additions
+    after a restart or a model swap."""
+    async with state.items_lock:
+        catalogue = state.serving.current.c.catalogue
+        added = await anyio.to_thread.run_sync(catalogue.add, new)
+        await anyio.to_thread.run_sync(_log_added_items, state.settings.added_items_log,
+                                       [i for i in new if i.item_id in set(added)])  # fmt: skip
+    return added
+
+
+def _log_added_items(path: Path, items: list[NewItem]) -> None:
+    """The index keeps added items across restarts but the model does not: this log lets the next
+    start rebuild their content vectors in the same order (so the same internal ids)."""
+    if not items:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.writelines(json.dumps(dataclasses.asdict(i)) + "\n" for i in items)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replay_added_items(c: Components, path: Path) -> int:
+    if not path.exists():
+        return 0
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    items = [NewItem(r["item_id"], r["title"], tuple(r["categories"]), r["year"], r["text"]) for r in rows]
+    return len(c.catalogue.add(items)) if items else 0
+
+
+async def _seed(history: HistoryStore, c: Components) -> int:
+    """Users the store does not know yet start from their dataset history (a no-op for known users)."""
+    try:
+        return await history.seed(dataset_histories(c.catalogue.data))
+    except Exception as e:  # Redis down at startup: serve (cold start until it returns), do not crash
+        log.warning("history_seed_failed", error=str(e))
+        return 0
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
