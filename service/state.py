@@ -57,20 +57,17 @@ class Serving:
 
     def __init__(self, current: Recommender, watcher_task: asyncio.Task[None] | None) -> None:
         self.current, self._watcher_task = current, watcher_task
-        self.trained = asyncio.Event()
         self.building = ""  # what is still being built in the background, for /readyz and the logs
         self._retiring: set[asyncio.Task[None]] = set()
         self.embedded = asyncio.Event()  # the cold-start content vectors are in (or could not be built)
-        if not current.c.model.cold_start:
-            self.trained.set()
 
     async def swap(self, new: Recommender, watcher_task: asyncio.Task[None] | None) -> None:
         old, old_task = self.current, self._watcher_task
         self.current, self._watcher_task = new, watcher_task
-        if not new.c.model.cold_start:
-            self.trained.set()
         await _stop(old_task)
-        self._retiring.add(asyncio.create_task(_retire(old)))
+        retiring = asyncio.create_task(_retire(old))
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)  # a finished retirement holds no bundle
         log.info("model_swapped", model_version=new.c.model_version, items=len(new.c.catalogue.payloads))
 
     async def close(self) -> None:

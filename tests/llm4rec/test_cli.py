@@ -100,6 +100,7 @@ def test_adapter_rollback_republishes_an_old_version_signed_and_newer(monkeypatc
     prefix = f"test:cli:{uuid.uuid4().hex}:"
     monkeypatch.setenv("RECSYS_ADAPTER__PREFIX", prefix)
     monkeypatch.setenv("RECSYS_ADAPTER__SIGNING_KEY", "k")
+    monkeypatch.setenv("RECSYS_REDIS_URL", "redis://127.0.0.1:6379/0")
     shapes = {"A": (2, 3), "B": (3, 2), "item_bias": (4,)}
 
     async def setup() -> None:
