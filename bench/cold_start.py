@@ -74,7 +74,9 @@ def main() -> None:
         "ranking, seen items excluded): users as the mean MiniLM vector of their newest "
         f"{CONTENT_HISTORY} items, `cos + gamma * log(1 + pop)`.\n\n"
         "| gamma | valid NDCG@10 | test HR@10 | test NDCG@10 | ARP@10 |\n|---|---|---|---|---|\n"
-        f"{table}\n\nValidation picks gamma = {best[0]:g} (the `RECSYS_COLD_START__GAMMA` default).\n"
+        f"{table}\n\nValidation picks gamma = {best[0]:g} (the `RECSYS_COLD_START__GAMMA` default). At that "
+        f"gamma the content profile's test NDCG@10 is {best[3] / rows[-1][3] - 1:+.0%} against popularity alone: "
+        "the content vectors are a modest step beyond popularity while the model trains, no substitute for it.\n"
     )
     write_section("cold-start", body, Path(__file__).resolve().parents[1] / "BENCHMARKS.md")
 

@@ -1,9 +1,13 @@
-"""Per-user interaction history: what the generative user model reads at request time.
+"""Per-user interaction history: what the generative user model reads at request time, and the items
+the user rejected (a dislike, a low rating), which are never recommended to them again.
 
 Redis (shared by service replicas, survives a service restart): one sorted set per user, member =
 item id, score = event time, capped at the newest `max_len` items; re-interacting with an item moves it
-to its newest time, and out-of-order events land in time order. The in-process store keeps the same
-semantics for the embedded default.
+to its newest time, and out-of-order events land in time order. Rejections live in a second sorted set
+beside it (key = history key + `\x1erejected`: ids refuse control characters, so no user's history key
+can collide with it). A rejection takes the item out of the history (it is not a taste to follow); a
+later positive event on it takes it back. The in-process store keeps the same semantics for the
+embedded default.
 """
 
 from __future__ import annotations
@@ -31,19 +35,31 @@ class HistoryStore(Protocol):
         """Load histories for users that have none yet (startup from the dataset); returns users loaded."""
         ...
 
+    async def reject(self, user: str, entries: Sequence[Entry]) -> None:
+        """The user does not want these items: out of the history, never recommended to them again."""
+        ...
+
+    async def rejected(self, user: str) -> set[str]:
+        """The items the user rejected (the newest `max_len`)."""
+        ...
+
 
 class MemoryHistoryStore:
     def __init__(self, max_len: int = 200) -> None:
         self.max_len = max_len
         self._by_user: dict[str, dict[str, int]] = {}
+        self._rejected: dict[str, dict[str, int]] = {}
 
     async def append(self, user: str, entries: Sequence[Entry]) -> None:
-        h = self._by_user.setdefault(user, {})
-        for item, ts in _newest(entries).items():
-            h[item] = max(ts, h.get(item, ts))
-        if len(h) > self.max_len:
-            keep = sorted(h.items(), key=lambda e: (e[1], e[0]))[-self.max_len :]
-            self._by_user[user] = dict(keep)
+        _add(self._by_user, user, entries, self.max_len)
+        _discard(self._rejected, user, entries)
+
+    async def reject(self, user: str, entries: Sequence[Entry]) -> None:
+        _add(self._rejected, user, entries, self.max_len)
+        _discard(self._by_user, user, entries)
+
+    async def rejected(self, user: str) -> set[str]:
+        return set(self._rejected.get(user, ()))
 
     async def recent(self, user: str, n: int) -> list[Entry]:
         return sorted(self._by_user.get(user, {}).items(), key=lambda e: (e[1], e[0]))[-n:] if n > 0 else []
@@ -60,13 +76,28 @@ class RedisHistoryStore:
         self.redis, self.prefix, self.max_len = redis, prefix, max_len
 
     async def append(self, user: str, entries: Sequence[Entry]) -> None:
+        await self._move(self.prefix + user, self._rejected_key(user), entries)
+
+    async def reject(self, user: str, entries: Sequence[Entry]) -> None:
+        await self._move(self._rejected_key(user), self.prefix + user, entries)
+
+    async def rejected(self, user: str) -> set[str]:
+        members: list[bytes] = await self.redis.zrange(self._rejected_key(user), 0, -1)  # type: ignore[assignment]
+        return {m.decode() for m in members}
+
+    def _rejected_key(self, user: str) -> str:
+        return self.prefix + user + "\x1erejected"
+
+    async def _move(self, into: str, out_of: str, entries: Sequence[Entry]) -> None:
+        """Add the entries to one set and take them out of the other, in one transaction."""
         if not entries:
             return
-        key = self.prefix + user
+        newest = _newest(entries)
         async with self.redis.pipeline(transaction=True) as pipe:
             # GT adds new members and moves existing ones only forward: a late duplicate changes nothing
-            pipe.zadd(key, _newest(entries), gt=True)
-            pipe.zremrangebyrank(key, 0, -self.max_len - 1)
+            pipe.zadd(into, newest, gt=True)
+            pipe.zremrangebyrank(into, 0, -self.max_len - 1)
+            pipe.zrem(out_of, *newest)
             await pipe.execute()
 
     async def recent(self, user: str, n: int) -> list[Entry]:
@@ -98,6 +129,21 @@ def dataset_histories(data: RecDataset) -> dict[str, list[Entry]]:
     for u, i, t in zip(inter.user.tolist(), inter.item.tolist(), inter.timestamp.tolist(), strict=True):
         out.setdefault(data.user_ids[u], []).append((data.item_ids[i], int(t)))
     return out
+
+
+def _add(sets: dict[str, dict[str, int]], user: str, entries: Sequence[Entry], max_len: int) -> None:
+    h = sets.setdefault(user, {})
+    for item, ts in _newest(entries).items():
+        h[item] = max(ts, h.get(item, ts))
+    if len(h) > max_len:
+        sets[user] = dict(sorted(h.items(), key=lambda e: (e[1], e[0]))[-max_len:])
+
+
+def _discard(sets: dict[str, dict[str, int]], user: str, entries: Sequence[Entry]) -> None:
+    h = sets.get(user)
+    if h:
+        for item, _ in entries:
+            h.pop(item, None)
 
 
 def _newest(entries: Sequence[Entry]) -> dict[str, int]:

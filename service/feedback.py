@@ -279,13 +279,17 @@ class FeedbackIngest:
         return Receipt(len(fresh), len(events) - len(fresh), published)
 
     async def _append_history(self, events: Sequence[FeedbackEvent]) -> None:
-        by_user: dict[str, list[tuple[str, int]]] = {}
+        """Before the 202: the user's next list already follows what they just did (positives join the
+        history, rejections leave it and are excluded from then on), in the events' order."""
+        runs: list[tuple[str, bool, list[tuple[str, int]]]] = []  # (user, positive, entries)
         for e in events:
-            if e.is_positive:
-                by_user.setdefault(e.user_id, []).append((e.item_id, e.timestamp))
+            if runs and runs[-1][:2] == (e.user_id, e.is_positive):
+                runs[-1][2].append((e.item_id, e.timestamp))
+            else:
+                runs.append((e.user_id, e.is_positive, [(e.item_id, e.timestamp)]))
         try:
-            for user, entries in by_user.items():
-                await self.history.append(user, entries)
+            for user, positive, entries in runs:
+                await (self.history.append if positive else self.history.reject)(user, entries)
         except Exception as e:  # the events are durable; only the next answer's freshness degrades
             self.metrics.dependency_errors.labels("history").inc()
             log.warning("history_append_failed", error=str(e))

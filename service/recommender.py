@@ -8,9 +8,10 @@ direction plus popularity, marked `cold_start`.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -113,12 +114,15 @@ class Recommender:
         t = time.perf_counter()
         cat = self.c.catalogue
         try:
-            recent = await self.history.recent(q.user_id, self.history.max_len)
+            recent, rejected = await asyncio.gather(self.history.recent(q.user_id, self.history.max_len),
+                                                    self.history.rejected(q.user_id))  # fmt: skip
             degraded = False
         except Exception as e:  # history store down: answer without personalisation rather than fail
             log.warning("history_unavailable", error=str(e))
-            recent, degraded = [], True
+            recent, rejected, degraded = [], set(), True
         history = [cat.item_index[i] for i, _ in recent if i in cat.item_index]
+        # what the user rejected never comes back, whatever the request says about seen items
+        q = replace(q, exclude_item_ids=q.exclude_item_ids + tuple(rejected)) if rejected else q
         stages["history"] = time.perf_counter() - t
         gamma = self.c.model.learned_gamma if q.gamma is None else q.gamma
         adapter = self.adapters.current if self.adapters is not None else None  # one version for the request

@@ -55,7 +55,8 @@ class ExplainSettings(BaseModel):
 class ColdStartSettings(BaseModel):
     enabled: bool = True  # with no trained model, serve content vectors and popularity meanwhile
     dataset: str = "ml-latest-small"  # the catalogue and histories served until the model is trained
-    gamma: float = Field(0.1, ge=0, le=10)  # popularity weight beside content cosine (bench/cold_start.py)
+    # popularity weight beside content cosine: the validation-best of bench/cold_start.py (BENCHMARKS.md)
+    gamma: float = Field(1.0, ge=0, le=10)
 
 
 class RerankSettings(BaseModel):

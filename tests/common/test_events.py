@@ -42,6 +42,7 @@ BAD_IDS = [
     "tab\there",
     "nul\x00",
     "\x1b[31mred",  # an ANSI escape: would recolour a terminal reading the logs
+    "u1\x1erejected",  # the separator of the history store's rejection keys (retrieval/history.py)
     "evil\u202eoverride",  # bidi override: a log line would read differently from what it holds
     "zero\u200bwidth",
     "\ud800",  # a lone surrogate: what JSON's "\ud800" decodes to

@@ -59,3 +59,16 @@ async def test_seed_loads_only_users_without_history(store: HistoryStore) -> Non
     assert loaded == 1
     assert await store.recent("old", 10) == [("x", 99)]
     assert await store.recent("new", 10) == [("a", 1), ("b", 2)]
+
+
+async def test_a_rejection_leaves_the_history_until_a_later_positive(store: HistoryStore) -> None:
+    await store.append("u1", [("a", 10), ("b", 20), ("c", 30)])
+    await store.reject("u1", [("b", 40), ("z", 41)])
+    assert await store.recent("u1", 10) == [("a", 10), ("c", 30)]
+    assert await store.rejected("u1") == {"b", "z"}
+    assert await store.rejected("u2") == set()
+    await store.append("u1", [("z", 50)])  # liked after all
+    assert await store.rejected("u1") == {"b"}
+    assert await store.recent("u1", 10) == [("a", 10), ("c", 30), ("z", 50)]
+    await store.reject("u1", [(f"r{i}", 60 + i) for i in range(7)])  # capped like the history
+    assert await store.rejected("u1") == {f"r{i}" for i in range(2, 7)}

@@ -245,3 +245,19 @@ async def test_the_memory_deduper_forgets_the_least_recently_seen_ids_beyond_its
     assert await d.claim(["b", "a", "c"]) == [True, False, True]  # "b" was forgotten, then "c" made room
     await d.release(["a"])
     assert await d.claim(["a"]) == [True]
+
+
+@pytest.mark.parametrize("history", ["redis", "memory"])
+async def test_disliked_items_leave_the_next_list_at_once(settings: Settings, history: str) -> None:
+    """Five dislikes of the top five items (and a low rating): none of them in the very next list."""
+    s = settings if history == "redis" else with_(settings, redis_url=None)
+    async with serve(s) as (client, _):
+        first = (await client.post("/recommend", json={"user_id": "u1", "k": 10, "explain": False})).json()["items"]
+        top = [it["item_id"] for it in first[:6]]
+        events = [{"user_id": "u1", "item_id": i, "type": "dislike"} for i in top[:5]]
+        events.append({"user_id": "u1", "item_id": top[5], "type": "rating", "value": 1})
+        assert (await client.post("/feedback", json={"events": events})).status_code == 202
+        body = {"user_id": "u1", "k": 10, "explain": False, "exclude_seen": False}
+        after = (await client.post("/recommend", json=body)).json()["items"]
+        assert not set(top) & {it["item_id"] for it in after}
+        assert len(after) == 10
