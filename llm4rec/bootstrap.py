@@ -63,6 +63,9 @@ async def train_and_swap(state: ServiceState, time_budget_s: float, log_path: Pa
     except BuildFailedError as e:
         state.serving.building = f"failed: {e}; see {log_path}"
         log.error("background_build_failed", error=str(e), log=str(log_path))
+    except Exception as e:  # loading what was built failed: what serves now keeps serving
+        state.serving.building = f"failed: {e}"
+        log.exception("background_swap_failed")
 
 
 async def _step(state: ServiceState, what: str, log_path: Path, command: Sequence[str]) -> None:

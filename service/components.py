@@ -61,13 +61,15 @@ class LLM4RecRef:
     trained_items: int
 
 
-def build_components(settings: Settings, text: TextEncoder, context: bool = True) -> Components:
-    """The trained model's bundle (`context`: with RAG, when enabled); raises NotReadyError without a
+def build_components(settings: Settings, text: TextEncoder, context: bool = True,
+                     engine: IndexEngine | None = None) -> Components:  # fmt: skip
+    """The trained model's bundle (`context`: with RAG, when enabled; `engine`: the serving bundle's own,
+    to share: an embedded index folder opens once per process); raises NotReadyError without a
     checkpoint (or index, when the settings forbid building it here)."""
     if not (settings.model_dir / "model.safetensors").is_file():
         raise NotReadyError(f"no checkpoint at {settings.model_dir}; run `llm4rec train --out {settings.model_dir}`")
     ck = load_serving_checkpoint(settings.model_dir, settings.cache_dir)
-    engine = make_engine(settings.index.location, _secret(settings))
+    engine = engine or make_engine(settings.index.location, _secret(settings))
     items = engine.open(ITEMS)
     if items is None:
         if not settings.index.build_if_missing:

@@ -65,7 +65,7 @@ class Serving:
         old, old_task = self.current, self._watcher_task
         self.current, self._watcher_task = new, watcher_task
         await _stop(old_task)
-        retiring = asyncio.create_task(_retire(old))
+        retiring = asyncio.create_task(_retire(old, close_engine=old.c.engine is not new.c.engine))
         self._retiring.add(retiring)
         retiring.add_done_callback(self._retiring.discard)  # a finished retirement holds no bundle
         log.info("model_swapped", model_version=new.c.model_version, items=len(new.c.catalogue.payloads))
@@ -73,15 +73,17 @@ class Serving:
     async def close(self) -> None:
         await _stop(self._watcher_task)
         await asyncio.gather(*self._retiring)
-        await _retire(self.current)
+        await _retire(self.current, close_engine=True)
 
 
-async def _retire(old: Recommender) -> None:
-    """Close a replaced model's bundle once the requests that still hold it have finished."""
+async def _retire(old: Recommender, close_engine: bool) -> None:
+    """Close a replaced model's bundle once the requests that still hold it have finished (its index
+    engine only when the new bundle does not share it)."""
     while old.active:
         await asyncio.sleep(0.05)
     await old.explainer.close()
-    old.c.close()
+    if close_engine:
+        old.c.close()
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ class ServiceState:
     async def load_trained(self, context: bool = True) -> None:
         """Swap in the trained model (the checkpoint at `settings.model_dir` and its index; `context`:
         with the RAG collection, when enabled)."""
-        await self._swap_in(functools.partial(build_components, self.settings, self.text, context))
+        current = self.recommender.c
+        engine = current.engine if not current.model.cold_start else None
+        await self._swap_in(functools.partial(build_components, self.settings, self.text, context, engine))
 
     async def embed_cold_start(self) -> None:
         """Popularity alone -> content vectors, while no trained model is served yet."""

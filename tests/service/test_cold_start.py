@@ -26,7 +26,7 @@ async def _serves(client: AsyncClient, version: str) -> bool:
 
 def _cold(settings: Settings, small_trained: SmallTrained, tmp_path: Path) -> Settings:
     return with_(settings, model_dir=tmp_path / "model",
-                 cold_start=ColdStartSettings(dataset=str(small_trained.folder)))  # fmt: skip
+                 cold_start=ColdStartSettings(dataset=str(small_trained.folder), gamma=0.0))  # fmt: skip
 
 
 async def test_cold_start_answers_then_the_trained_model_swaps_in_without_a_failed_request(
@@ -64,7 +64,7 @@ async def test_cold_start_answers_then_the_trained_model_swaps_in_without_a_fail
         shutil.copytree(checkpoint, s.model_dir)
         traffic = asyncio.create_task(load())
         await asyncio.sleep(0.05)
-        await app_state(app).load_trained()
+        await app_state(app).load_trained(context=False)
         swapped.set()
         await traffic
         assert statuses
@@ -74,7 +74,14 @@ async def test_cold_start_answers_then_the_trained_model_swaps_in_without_a_fail
         assert not after["model_version"].startswith("cold-start")
         assert versions == {"cold-start:content", after["model_version"]}
         assert (await client.get("/items/new-1")).json()["title"] == "The robots story"  # replayed into the model
-        assert (await client.get("/readyz")).json()["dependencies"]["model"] == "trained"
+        deps = (await client.get("/readyz")).json()["dependencies"]
+        assert deps["model"] == "trained"
+        assert deps["context"] == "off"
+        # then with RAG context: a second bundle on the same embedded index, which opens once per process
+        await app_state(app).load_trained()
+        assert (await client.get("/readyz")).json()["dependencies"]["context"] == "ready"
+        explained = (await client.post("/recommend", json={"user_id": "u1", "k": 3})).json()["items"]
+        assert all(it["explanation"]["weights"].get("context") is not None for it in explained)
 
 
 async def test_without_cold_start_a_missing_model_is_an_error(
