@@ -93,10 +93,13 @@ class Learner:
         self.metrics.batch_seconds.observe(time.perf_counter() - t)
         return outcome
 
-    def _examples(self, events: Sequence[FeedbackEvent]) -> tuple[list[Example], dict[str, list[int]], int]:
-        """Training examples, each against the user's history just before its event, and the
-        histories as they will be once the batch is committed."""
+    def _examples(
+        self, events: Sequence[FeedbackEvent]
+    ) -> tuple[list[Example], list[Example], dict[str, list[int]], int]:
+        """Training and held-out examples, each against the user's history just before its event, and
+        the histories as they will be once the batch is committed (nothing here changes the learner)."""
         train: list[Example] = []
+        held: list[Example] = []
         grown: dict[str, list[int]] = {}
         unknown = 0
         for e in events:
@@ -107,20 +110,21 @@ class Learner:
             history = grown.setdefault(e.user_id, list(self.histories.get(e.user_id, [])))
             if history:  # the user model needs a history to read; a first event only starts one
                 ex = example_of(e, np.asarray(history, np.int64), item)
-                (self.holdout.append if _held_out(e.event_id, self.guard.holdout_every) else train.append)(ex)
+                (held if _held_out(e.event_id, self.guard.holdout_every) else train).append(ex)
             if e.is_positive:
                 history.append(item)
                 del history[: -self.history_cap]
-        return train, grown, unknown
+        return train, held, grown, unknown
 
     async def _update(self, events: Sequence[FeedbackEvent], dupes: int) -> Outcome:
-        train, grown, unknown = self._examples(events)
+        train, held, grown, unknown = self._examples(events)
         snap = self.trainer.snapshot()
+        holdout = deque([*self.holdout, *held], maxlen=self.holdout.maxlen)  # joins the learner on commit
         try:
             if train:
                 self._record(await anyio.to_thread.run_sync(self.trainer.step, train))
             ids = [e.event_id for e in events]
-            if await anyio.to_thread.run_sync(self._passes_guard):
+            if await anyio.to_thread.run_sync(self._passes_guard, list(holdout)):
                 version: int | None = await self._publish(ids)
                 rejected = False
             else:
@@ -133,6 +137,7 @@ class Learner:
             self.metrics.publish_errors.inc()
             raise
         self.histories.update(grown)
+        self.holdout = holdout
         self.events_seen += len(events)
         for e in events:
             self.metrics.events.labels(e.type.value).inc()
@@ -148,14 +153,17 @@ class Learner:
         self.metrics.updated_fraction.set(stats.updated_fraction)
         self.metrics.lr.set(stats.lr)
 
-    def _passes_guard(self) -> bool:
-        if not self.holdout:
+    def _passes_guard(self, held: list[Example]) -> bool:
+        if not held:
             return True
-        held = list(self.holdout)
         candidate = self.trainer.evaluate(held)
         current = self.trainer.evaluate(held, self.published_adapter)
         self.metrics.holdout_loss.set(min(candidate, current))
-        return candidate <= current + self.guard.margin * abs(current)
+        passes = candidate <= current + self.guard.margin * abs(current)
+        if not passes:
+            log.warning("update_refused_by_guardrail", holdout_loss=round(candidate, 5),
+                        published_loss=round(current, 5), margin=self.guard.margin, holdout=len(held))  # fmt: skip
+        return passes
 
     async def _publish(self, event_ids: list[str]) -> int:
         version = max(self.version, await self.store.current()) + 1

@@ -10,6 +10,7 @@ import asyncio
 import anyio
 import structlog
 from redis.asyncio import Redis
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore
 from common.events import FeedbackEvent
@@ -33,7 +34,9 @@ async def attach_learner(state: ServiceState, settings: LearnerSettings, store: 
     """Build a learner for the served (trained) model and subscribe it to the in-process sink."""
     sink = state.sink
     assert isinstance(sink, InProcessSink), "the in-process learner is for the embedded default (no Kafka)"
-    learner = await anyio.to_thread.run_sync(learner_from_settings, settings, store, LearnerMetrics())
+    metrics = LearnerMetrics()
+    state.metrics.also_serve(metrics.registry)  # the learner's figures on the service's /metrics
+    learner = await anyio.to_thread.run_sync(learner_from_settings, settings, store, metrics)
     await resume(learner)
 
     queue: asyncio.Queue[list[FeedbackEvent]] = asyncio.Queue()
@@ -48,13 +51,22 @@ async def attach_learner(state: ServiceState, settings: LearnerSettings, store: 
             await asyncio.sleep(settings.batch.in_process_wait_ms / 1000)
             while not queue.empty() and len(batch) < settings.batch.size:
                 batch += queue.get_nowait()
-            try:
-                await learner.process(batch)
-            except Exception as e:  # the events are durable in the spool and the history; only learning waits
-                log.warning("in_process_learning_failed", error=str(e))
+            await _learn_with_retries(learner, batch, settings.batch.max_failures)
 
     sink.subscribers.append(learn)
     freeze_startup_objects()  # the learner's copy of the model joins the service's frozen start-up heap
     state.tasks.append(asyncio.create_task(drain()))  # stopped with the service
     log.info("in_process_learner_attached")
     return learner
+
+
+async def _learn_with_retries(learner: Learner, batch: list[FeedbackEvent], attempts: int) -> None:
+    """A batch whose learning fails is retried (all or nothing: a failed attempt leaves no trace); after
+    `attempts` it is given up. The events stay durable in the spool and the history either way."""
+    try:
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(attempts), wait=wait_exponential(0.2, max=5),
+                                           reraise=True):  # fmt: skip
+            with attempt:
+                await learner.process(batch)
+    except Exception as e:
+        log.warning("in_process_learning_given_up", events=len(batch), attempts=attempts, error=str(e))

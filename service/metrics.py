@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
     from service.components import Components
@@ -63,6 +63,15 @@ class Metrics:
         self.rate_limited = Counter("recsys_rate_limited_total", "Write requests refused with 429", registry=r)
         self.items_upserted = Counter("recsys_items_upserted_total", "Items added through POST /items", registry=r)
         self.feedback_sink_up.set(1)
+        self.extra: list[CollectorRegistry] = []  # other components' registries served with this one
+
+    def also_serve(self, registry: CollectorRegistry) -> None:
+        """Serve another registry on this /metrics too (the embedded learner's)."""
+        self.extra.append(registry)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of this registry and the extra ones."""
+        return b"".join(generate_latest(r) for r in (self.registry, *self.extra))
 
     def observe_recommendation(self, r: Result, c: Components) -> None:
         """Stage latencies and what the list says about bias: popularity, diversity, coverage."""

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from common.events import ExternalId
 from service.middleware import request_id
@@ -107,7 +107,7 @@ async def readyz(state: State, response: Response) -> dict[str, Any]:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def prometheus(state: State) -> Response:
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _redis_state(state: ServiceState) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -81,6 +82,8 @@ async def test_embedded_learner_serves_a_new_adapter_after_feedback(
         assert r.status_code == 202
         await until(lambda: _adapter_version(client), timeout_s=10)
         assert app_state(app).metrics.registry.get_sample_value("recsys_adapter_swaps_total") >= 1
+        exposed = (await client.get("/metrics")).text  # the embedded learner's figures on the service's /metrics
+        assert re.search(r"^recsys_learner_published_total [1-9]", exposed, re.MULTILINE)
 
 
 async def test_feedback_through_kafka_reaches_the_served_adapter(

@@ -15,7 +15,7 @@ from common.events import FeedbackEvent
 from common.settings import AdapterSettings
 from learner.build import build_learner
 from learner.metrics import LearnerMetrics
-from learner.pipeline import Learner
+from learner.pipeline import Learner, _held_out
 from learner.settings import GuardSettings, OnlineSettings
 from tests.conftest import SmallTrained
 
@@ -71,7 +71,9 @@ async def test_the_guardrail_refuses_an_update_that_hurts_the_holdout(
     assert all(await store.applied([e.event_id for e in events]))  # processed: a redelivery is skipped
 
 
-async def test_a_failed_publish_leaves_nothing_half_done(checkpoint: Path, small_trained: SmallTrained) -> None:
+@pytest.mark.parametrize("holdout_every", [0, 2])
+async def test_a_failed_publish_leaves_nothing_half_done(checkpoint: Path, small_trained: SmallTrained,
+                                                         holdout_every: int) -> None:  # fmt: skip
     class Flaky(MemoryAdapterStore):
         fail = True
 
@@ -81,13 +83,17 @@ async def test_a_failed_publish_leaves_nothing_half_done(checkpoint: Path, small
             await super().publish(version, fields, event_ids)
 
     store = Flaky()
-    learner = _learner(checkpoint, small_trained, store)
-    events = _likes("u1", range(20, 26))
+    # with the guardrail on (one event in two held out) as well as off; a gentle step that it accepts
+    learner = _learner(checkpoint, small_trained, store, GuardSettings(holdout_every=holdout_every, margin=1.0))
+    events = _likes("u1", range(20, 32))
     state, history = learner.trainer.state(), list(learner.histories["u1"])
     with pytest.raises(ConnectionError):
         await learner.process(events)
     assert all(np.array_equal(state[k], v) for k, v in learner.trainer.state().items())
     assert learner.histories["u1"] == history
+    assert len(learner.holdout) == 0  # the failed batch's held-out examples did not stay behind
     store.fail = False
     assert (await learner.process(events)).version == 1  # the retry applies the batch exactly once
-    assert learner.histories["u1"][-6:] == list(range(20, 26))
+    assert learner.histories["u1"][-12:] == list(range(20, 32))
+    expected = sum(_held_out(e.event_id, holdout_every) for e in events)  # u1 has a history: every event counts
+    assert len(learner.holdout) == expected  # each held-out example once, not once per attempt
