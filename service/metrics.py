@@ -3,12 +3,16 @@ registry per app (tests build many apps in one process; a global registry would 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from cachetools import TTLCache
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
+    from common.events import FeedbackEvent
     from service.components import Components
     from service.recommender import Result
 
@@ -62,6 +66,11 @@ class Metrics:
                                           ["reason"], registry=r)  # fmt: skip
         self.rate_limited = Counter("recsys_rate_limited_total", "Write requests refused with 429", registry=r)
         self.items_upserted = Counter("recsys_items_upserted_total", "Items added through POST /items", registry=r)
+        self.served_lists = Counter("recsys_served_lists_total", "Non-empty lists served, by model version and "
+                                    "whether an adapter was applied", ["model", "adapter"], registry=r)  # fmt: skip
+        self.served_list_hits = Counter("recsys_served_list_hits_total", "Served lists with a later positive "
+                                        "event of their user on one of their items", ["model", "adapter"],
+                                        registry=r)  # fmt: skip
         self.feedback_sink_up.set(1)
         self.extra: list[CollectorRegistry] = []  # other components' registries served with this one
 
@@ -92,3 +101,47 @@ class Metrics:
             unit = c.catalogue.unit_vectors[ids]
             n = len(r.items)
             self.recommended_diversity.set(1.0 - float(((unit @ unit.T).sum() - n) / (n * (n - 1))))
+
+
+REMEMBER_S = 3600.0  # a click an hour after the list is no longer about it
+REMEMBER_LISTS = 200_000
+
+
+@dataclass
+class ServedList:
+    user: str
+    items: frozenset[str]
+    model: str
+    adapted: str  # "on" / "off": was an adapter applied
+    hit: bool = False
+
+
+@dataclass
+class OnlineHitRate:
+    """Whether what the service learns helps, seen in production: each served list is remembered for a
+    while, and a later positive event of its user on one of its items counts the list as hit (once).
+    Feedback joins its list by the `request_id` it carries (the answer's, echoed back by the client),
+    else the user's latest list. Lists and hits are counted per model version and per whether an adapter
+    was applied; the rolling hit rate is their ratio over a window (the dashboard's "Online hit rate").
+    Adapter version numbers are not labels: the learner publishes several a minute, each a new series."""
+
+    metrics: Metrics
+    by_request: TTLCache[str, ServedList] = field(default_factory=lambda: TTLCache(REMEMBER_LISTS, REMEMBER_S))
+    by_user: TTLCache[str, ServedList] = field(default_factory=lambda: TTLCache(REMEMBER_LISTS, REMEMBER_S))
+
+    def served(self, user: str, r: Result) -> None:
+        if not r.items:
+            return
+        adapted = "on" if r.adapter_version > 0 else "off"
+        served = ServedList(user, frozenset(it.item_id for it in r.items), r.model_version, adapted)
+        self.by_request[r.request_id] = self.by_user[user] = served
+        self.metrics.served_lists.labels(served.model, adapted).inc()
+
+    def feedback(self, events: Sequence[FeedbackEvent]) -> None:
+        for e in events:
+            if not e.is_positive:
+                continue
+            served = self.by_request.get(e.request_id) if e.request_id else self.by_user.get(e.user_id)
+            if served is not None and not served.hit and served.user == e.user_id and e.item_id in served.items:
+                served.hit = True
+                self.metrics.served_list_hits.labels(served.model, served.adapted).inc()

@@ -52,6 +52,7 @@ async def recommend(body: RecommendIn, state: State, request: Request) -> Respon
     recommender = state.recommender  # one model for the whole request, even across a swap
     result = await recommender.recommend(body.to_query(), request_id(request))
     state.metrics.observe_recommendation(result, recommender.c)
+    state.online.served(body.user_id, result)
     # documented by response_model, built as that model, serialised once: returning the model itself
     # made FastAPI dump it and validate it again on the event loop
     return Response(result_out(result).model_dump_json(), media_type="application/json")
@@ -60,6 +61,7 @@ async def recommend(body: RecommendIn, state: State, request: Request) -> Respon
 @router.post("/feedback", status_code=202, dependencies=WRITE, responses=errors(401, 413, 422, 429, 503))
 async def feedback(body: FeedbackIn, state: State) -> FeedbackOut:
     r = await state.feedback.ingest(body.events)
+    state.online.feedback(body.events)
     return FeedbackOut(accepted=r.accepted, duplicates=r.duplicates, published=r.published)
 
 

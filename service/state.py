@@ -41,7 +41,7 @@ from service.feedback import (
 )
 from service.llm_explain import bundled_gguf, make_explainer
 from service.llm_rerank import LlamaCppReranker
-from service.metrics import Metrics
+from service.metrics import Metrics, OnlineHitRate
 from service.ratelimit import TokenBuckets
 from service.recommender import Recommender
 from service.settings import Settings
@@ -99,6 +99,7 @@ class ServiceState:
     text: TextEncoder
     adapter_store: AdapterStore
     write_buckets: TokenBuckets
+    online: OnlineHitRate
     items_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one catalogue change at a time
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -179,7 +180,7 @@ async def build_state(settings: Settings, metrics: Metrics, adapter_store: Adapt
     state = ServiceState(
         settings, metrics, Serving(recommender, task), history, redis, sink, forwarder,
         FeedbackIngest(spool, forwarder, deduper, history, metrics, f.ack_wait_s), text, store,
-        TokenBuckets(settings.api.write_rate_per_s, settings.api.write_burst),
+        TokenBuckets(settings.api.write_rate_per_s, settings.api.write_burst), OnlineHitRate(metrics),
     )  # fmt: skip
     seeded = await _seed(history, c)
     state.tasks.append(asyncio.create_task(forwarder.run()))

@@ -133,3 +133,22 @@ async def test_items_health_and_readiness(client: AsyncClient) -> None:
         "context": "ready",
         "adapter": "version 0",
     }
+
+
+async def test_a_later_positive_event_on_a_served_item_counts_its_list_as_hit(settings: Settings) -> None:
+    async with serve(settings) as (client, app):
+        metrics = app_state(app).metrics.registry
+        first = (await client.post("/recommend", json={"user_id": "u1", "k": 3, "explain": False})).json()
+        other = (await client.post("/recommend", json={"user_id": "u3", "k": 3, "explain": False})).json()
+        labels = {"model": first["model_version"], "adapter": "off"}
+        assert metrics.get_sample_value("recsys_served_lists_total", labels) == 2
+        events = [  # joined by request id; a second hit on the same list; a dislike; another user's item
+            {"user_id": "u1", "item_id": first["items"][0]["item_id"], "type": "click",
+             "request_id": first["request_id"]},
+            {"user_id": "u1", "item_id": first["items"][1]["item_id"], "type": "like"},
+            {"user_id": "u3", "item_id": other["items"][0]["item_id"], "type": "dislike"},
+            {"user_id": "u3", "item_id": "m39" if "m39" not in {i["item_id"] for i in other["items"]} else "m38",
+             "type": "click"},
+        ]  # fmt: skip
+        assert (await client.post("/feedback", json={"events": events})).status_code == 202
+        assert metrics.get_sample_value("recsys_served_list_hits_total", labels) == 1
