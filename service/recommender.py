@@ -8,7 +8,6 @@ direction plus popularity, marked `cold_start`.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -114,8 +113,8 @@ class Recommender:
         t = time.perf_counter()
         cat = self.c.catalogue
         try:
-            recent, rejected = await asyncio.gather(self.history.recent(q.user_id, self.history.max_len),
-                                                    self.history.rejected(q.user_id))  # fmt: skip
+            recent = await self.history.recent(q.user_id, self.history.max_len)
+            rejected = await self.history.rejected(q.user_id)
             degraded = False
         except Exception as e:  # history store down: answer without personalisation rather than fail
             log.warning("history_unavailable", error=str(e))
