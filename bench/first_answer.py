@@ -81,15 +81,17 @@ def main() -> None:
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(30)
-    rows = "\n".join(f"| {v if v.startswith('(') else f'`{v}`'} | {t:.1f} |"
-                     for v, t in sorted(first.items(), key=lambda kv: kv[1]))
+    rows = "\n".join(
+        f"| {v if v.startswith('(') else f'`{v}`'} | {t:.1f} |" for v, t in sorted(first.items(), key=lambda kv: kv[1])
+    )
     print(rows, f"\n{sent} requests after the first answer, {failed} failed; log: {work / 'serve.log'}")
     body = (
         f"## First answer on a fresh machine\n\nCommand: `python bench/first_answer.py {' '.join(sys.argv[1:])}`. "
         "`llm4rec serve` started with no model, no index and an empty embedding cache; `/recommend` every "
         f"{1 / args.rate:.1f} s from the process start. Seconds from the start until each model version first "
         "answered (popularity alone, then content vectors, then the trained model, without and then with "
-        f"RAG context, which answer under the same version):\n\n| model_version | first answer (s) |\n|---|---|\n{rows}\n\n"
+        "RAG context, which answer under the same version):\n\n"
+        f"| model_version | first answer (s) |\n|---|---|\n{rows}\n\n"
         f"Requests after the first answer: {sent}, failed: **{failed}**.\n"
     )
     write_section("first-answer", body, ROOT / "BENCHMARKS.md")
