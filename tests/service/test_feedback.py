@@ -15,6 +15,7 @@ from common.events import FeedbackEvent
 from common.settings import KafkaSettings
 from service.feedback import MemoryDeduper
 from service.settings import ApiSettings, Settings
+from service.spool import Spool
 from service.state import app_state
 from tests.conftest import serve, with_
 from tests.kafka_mock import mock_kafka, read_topic
@@ -261,3 +262,20 @@ async def test_disliked_items_leave_the_next_list_at_once(settings: Settings, hi
         after = (await client.post("/recommend", json=body)).json()["items"]
         assert not set(top) & {it["item_id"] for it in after}
         assert len(after) == 10
+
+
+async def test_a_spooled_event_accepted_under_older_rules_is_forwarded_not_stuck(settings: Settings) -> None:
+    """An upgrade that tightens validation must not stop the forwarder on a line already spooled."""
+    old = b'{"event_id": "e-old", "user_id": "u1", "item_id": "m3", "type": "rating", "value": 7.0, "timestamp": 1}'
+    Spool(settings.feedback.spool_dir).append([old])
+    async with serve(settings) as (client, app):
+        got: list[FeedbackEvent] = []
+
+        async def collect(events: list[FeedbackEvent]) -> None:
+            got.extend(events)
+
+        app_state(app).sink.subscribers.append(collect)  # type: ignore[attr-defined]
+        event = {"user_id": "u2", "item_id": "m4", "type": "click"}
+        assert (await client.post("/feedback", json={"events": [event]})).json()["published"] is True
+        assert app_state(app).forwarder.spool.pending == 0  # the old line went out first, the new one after it
+        assert [e.item_id for e in got] == ["m4"]  # learnt: only what today's rules accept
