@@ -144,7 +144,12 @@ class Forwarder:
 
     async def run(self) -> None:
         while True:
-            if not await self._forward():
+            try:
+                sent = await self._forward()
+            except Exception:  # a bug must not end forwarding for good: the events wait in the spool
+                log.exception("forwarder_failed")
+                sent = False
+            if not sent:
                 self._wake.clear()
                 with anyio.move_on_after(1.0):
                     await self._wake.wait()
