@@ -40,8 +40,8 @@ from common.events import FeedbackEvent  # noqa: E402
 from common.settings import AdapterSettings  # noqa: E402
 from learner.build import build_learner  # noqa: E402
 from learner.metrics import LearnerMetrics  # noqa: E402
-from learner.pipeline import GuardConfig, Learner  # noqa: E402
-from learner.trainer import OnlineConfig  # noqa: E402
+from learner.pipeline import Learner  # noqa: E402
+from learner.settings import GuardSettings, OnlineSettings  # noqa: E402
 from models.splits import temporal  # noqa: E402
 from service.state import app_state  # noqa: E402
 from training.experiment import open_checkpoint  # noqa: E402
@@ -50,9 +50,10 @@ CACHE = ROOT / ".cache/text-embeddings"
 WARM = 20
 
 
-def _learner(model: Path, guard: GuardConfig | None = None, **online: float) -> Learner:
+def _learner(model: Path, guard: GuardSettings | None = None, **online: float) -> Learner:
+    guard = guard or GuardSettings(holdout_every=0)
     return build_learner(model, CACHE, MemoryAdapterStore(), AdapterSettings(signing_key="bench"),  # type: ignore[arg-type]
-                         OnlineConfig(**online), guard or GuardConfig(holdout_every=0), LearnerMetrics())  # type: ignore[arg-type]  # fmt: skip
+                         OnlineSettings(**online).to_config(), guard.to_config(), LearnerMetrics())  # type: ignore[arg-type]  # fmt: skip
 
 
 def throughput(model: Path, batches: int = 20, size: int = 256) -> str:
@@ -112,7 +113,7 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, **online
     stream = stream[:limit] if limit else stream
     results = {}
     for name, adapt in (("frozen", False), ("adapting", True)):
-        learner = _learner(model, GuardConfig(), **online)
+        learner = _learner(model, GuardSettings(), **online)
         hists = {ck.data.user_ids[u]: list(h) for u, h in ck.train.sequences().items()}
         learner.histories = {k: [int(x) for x in v] for k, v in hists.items()}
         hr: list[float] = []
@@ -209,8 +210,8 @@ async def _freshness(model: Path, trials: int) -> str:
                             history_prefix=prefix + "history:", index=index, kafka=kafka_settings, adapter=adapter,
                             feedback=FeedbackSettings(spool_dir=ROOT / ".cache" / f"spool-{prefix[6:-1]}"))  # fmt: skip
         ls = LearnerSettings(model_dir=model, cache_dir=CACHE, kafka=kafka_settings, adapter=adapter,
-                             learner_metrics_port=0)  # fmt: skip
-        redis = Redis.from_url(ls.redis_url)
+                             redis_url="redis://127.0.0.1:6379/0", learner_metrics_port=0)  # fmt: skip
+        redis = Redis.from_url(ls.require_redis_url("the bench's adapters"))
         learner = _learner(model)
         learner.store, learner.key = RedisAdapterStore(redis, adapter.prefix), adapter.key()
         stop = asyncio.Event()
@@ -221,8 +222,10 @@ async def _freshness(model: Path, trials: int) -> str:
             adapter_s, history_s = [], []
             async with AsyncClient(transport=ASGITransport(app), base_url="http://bench") as client:
                 users, items = list(learner.histories)[:trials], list(learner.item_index)
+                watcher = app_state(app).recommender.adapters
+                assert watcher is not None, "the trained model serves adapters"
                 for n, user in enumerate(users):
-                    before = app_state(app).recommender.adapters.current.version
+                    before = watcher.current.version
                     event = {"event_id": uuid.uuid4().hex, "user_id": user, "item_id": items[-1 - n], "type": "like"}
                     t0 = time.perf_counter()
                     await client.post("/feedback", json={"events": [event]})
