@@ -36,7 +36,8 @@ def fresh_env(work: Path) -> dict[str, str]:
             "RECSYS_CACHE_DIR": str(work / ".cache/text-embeddings"),
             "RECSYS_INDEX__LOCATION": str(work / ".cache/index"),
             "RECSYS_FEEDBACK__SPOOL_DIR": str(work / ".cache/spool"),
-            "RECSYS_ADDED_ITEMS_LOG": str(work / ".cache/added-items.jsonl")}  # fmt: skip
+            "RECSYS_ADDED_ITEMS_LOG": str(work / ".cache/added-items.jsonl"),
+            "RECSYS_STATE_DIR": str(work / ".cache/state")}  # fmt: skip
 
 
 def probe(base: str, rate: float, after_s: float, limit_s: float, t0: float) -> tuple[dict[str, float], int, int]:

@@ -44,7 +44,8 @@ def main() -> None:
         shutil.copytree(ROOT / ".cache/index", work / "index")
     settings = Settings(model_dir=args.model, cache_dir=ROOT / ".cache/text-embeddings",
                         index=IndexSettings(location=str(work / "index")), added_items_log=work / "added.jsonl",
-                        feedback=FeedbackSettings(spool_dir=work / "spool"), api=FUZZ_API)  # fmt: skip
+                        feedback=FeedbackSettings(spool_dir=work / "spool"), api=FUZZ_API,
+                        state_dir=work / "state")  # fmt: skip
     app = create_app(settings)
     t = time.perf_counter()
     with asgi.get_client(app) as client:

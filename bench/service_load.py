@@ -184,7 +184,10 @@ def main() -> None:
     args = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install wrk")
-    env = {"RECSYS_FEEDBACK__SPOOL_DIR": tempfile.mkdtemp(prefix="bench-spool-")}
+    env = {
+        "RECSYS_FEEDBACK__SPOOL_DIR": tempfile.mkdtemp(prefix="bench-spool-"),
+        "RECSYS_STATE_DIR": tempfile.mkdtemp(prefix="bench-state-"),
+    }
     if args.redis:
         env |= {"RECSYS_REDIS_URL": "redis://127.0.0.1:6379/0", "RECSYS_HISTORY_PREFIX": "bench:history:"}
     with service(args.model, args.port, env) as url:

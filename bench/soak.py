@@ -145,7 +145,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     env = {**os.environ, "RECSYS_MODEL_DIR": str(args.model), "RECSYS_INDEX__LOCATION": str(ROOT / ".cache/index"),
            "RECSYS_CACHE_DIR": str(ROOT / ".cache/text-embeddings"), "RECSYS_FEEDBACK__SPOOL_DIR": str(work / "spool"),
-           "RECSYS_ADDED_ITEMS_LOG": str(work / "added.jsonl")}  # fmt: skip
+           "RECSYS_ADDED_ITEMS_LOG": str(work / "added.jsonl"), "RECSYS_STATE_DIR": str(work / "state")}  # fmt: skip
     # `llm4rec serve`: with no Kafka configured the learner runs in the service and publishes adapters
     proc = subprocess.Popen([sys.executable, "-m", "llm4rec", "serve", "--port", str(args.port)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -9,6 +9,7 @@ the pointer and publishes the notice. `MemoryAdapterStore` keeps the same contra
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -138,3 +139,42 @@ class MemoryAdapterStore:
 
     async def versions(self) -> list[int]:
         return sorted(self._versions)
+
+
+class SqliteAdapterStore(MemoryAdapterStore):
+    """The in-process store kept on disk (`common.local_state`): after a restart of the embedded service
+    it still serves the newest published version (versions never go back) and the learner still knows
+    which events it applied."""
+
+    def __init__(self, db: sqlite3.Connection, keep: int = 5, applied_capacity: int = 1_000_000) -> None:
+        super().__init__(keep, applied_capacity)
+        self._db = db
+        db.execute("CREATE TABLE IF NOT EXISTS adapter_fields (version INTEGER NOT NULL, name TEXT NOT NULL, "
+                   "value BLOB NOT NULL, PRIMARY KEY (version, name))")  # fmt: skip
+        db.execute("CREATE TABLE IF NOT EXISTS applied_events (id TEXT PRIMARY KEY)")
+        for version, name, value in db.execute("SELECT version, name, value FROM adapter_fields"):
+            self._versions.setdefault(version, {})[name.encode()] = bytes(value)
+        self._current = max(self._versions, default=0)
+        newest = db.execute("SELECT id FROM applied_events ORDER BY rowid DESC LIMIT ?", (applied_capacity,))
+        self._remember([row[0] for row in reversed(newest.fetchall())])
+
+    async def publish(self, version: int, fields: dict[str, bytes], event_ids: Sequence[str]) -> None:
+        self._db.execute("BEGIN")  # the version, its weights and the events it applied: all or nothing
+        self._db.executemany("INSERT OR REPLACE INTO adapter_fields VALUES (?, ?, ?)",
+                             [(version, k, v) for k, v in fields.items()])  # fmt: skip
+        self._save_applied(event_ids)
+        self._db.execute("DELETE FROM adapter_fields WHERE version NOT IN (SELECT DISTINCT version FROM "
+                         "adapter_fields ORDER BY version DESC LIMIT ?)", (self.keep,))  # fmt: skip
+        self._db.execute("COMMIT")
+        await super().publish(version, fields, event_ids)
+
+    async def discard(self, event_ids: Sequence[str]) -> None:
+        self._db.execute("BEGIN")
+        self._save_applied(event_ids)
+        self._db.execute("COMMIT")
+        await super().discard(event_ids)
+
+    def _save_applied(self, event_ids: Sequence[str]) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO applied_events (id) VALUES (?)", [(e,) for e in event_ids])
+        self._db.execute("DELETE FROM applied_events WHERE rowid <= (SELECT max(rowid) FROM applied_events) - ?",
+                         (self.applied_capacity,))  # fmt: skip

@@ -289,7 +289,7 @@ def serve_cmd(
     settings = Settings()
     embedded = not settings.kafka.bootstrap_servers  # no Kafka: the learner runs in this process
     learner_settings = LearnerSettings()
-    store = adapter_store(learner_settings, settings.redis_url) if embedded else None
+    store = adapter_store(learner_settings, settings.redis_url, settings.state_dir) if embedded else None
     try:
         _index_available(settings.index.location)
         app = create_app(settings, adapter_store=store)

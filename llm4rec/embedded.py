@@ -6,13 +6,15 @@ because service and learner never import each other."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import anyio
 import structlog
 from redis.asyncio import Redis
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
-from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore
+from common import local_state
+from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore, SqliteAdapterStore
 from common.events import FeedbackEvent
 from common.process import freeze_startup_objects
 from learner.build import learner_from_settings, resume
@@ -25,9 +27,12 @@ from service.state import ServiceState
 log = structlog.get_logger()
 
 
-def adapter_store(settings: LearnerSettings, redis_url: str | None) -> AdapterStore:
+def adapter_store(settings: LearnerSettings, redis_url: str | None, state_dir: Path | None) -> AdapterStore:
+    """Redis when configured; else the service process's own store, on disk under `state_dir` if set."""
     a = settings.adapter
-    return RedisAdapterStore(Redis.from_url(redis_url), a.prefix, a.keep) if redis_url else MemoryAdapterStore(a.keep)
+    if redis_url:
+        return RedisAdapterStore(Redis.from_url(redis_url), a.prefix, a.keep)
+    return SqliteAdapterStore(local_state.connect(state_dir), a.keep) if state_dir else MemoryAdapterStore(a.keep)
 
 
 async def attach_learner(state: ServiceState, settings: LearnerSettings, store: AdapterStore) -> Learner:

@@ -12,6 +12,7 @@ embedded default.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -69,6 +70,40 @@ class MemoryHistoryStore:
         for u in fresh:
             await self.append(u, histories[u])
         return len(fresh)
+
+
+class SqliteHistoryStore(MemoryHistoryStore):
+    """The in-process store written through to SQLite (`common.local_state`): the embedded service
+    remembers what users did across a restart. Reads stay in memory; the table is read once, at start."""
+
+    def __init__(self, db: sqlite3.Connection, max_len: int = 200) -> None:
+        super().__init__(max_len)
+        self._db = db
+        db.execute("CREATE TABLE IF NOT EXISTS history (user TEXT NOT NULL, item TEXT NOT NULL, ts INTEGER NOT NULL, "
+                   "rejected INTEGER NOT NULL, PRIMARY KEY (user, item)) WITHOUT ROWID")  # fmt: skip
+        rows: dict[tuple[str, bool], list[Entry]] = {}
+        for user, item, ts, rejected in db.execute("SELECT user, item, ts, rejected FROM history"):
+            rows.setdefault((user, bool(rejected)), []).append((item, ts))
+        for (user, rejected), entries in rows.items():
+            _add(self._rejected if rejected else self._by_user, user, entries, max_len)
+
+    async def append(self, user: str, entries: Sequence[Entry]) -> None:
+        await super().append(user, entries)
+        self._write(user, entries, rejected=False)
+
+    async def reject(self, user: str, entries: Sequence[Entry]) -> None:
+        await super().reject(user, entries)
+        self._write(user, entries, rejected=True)
+
+    def _write(self, user: str, entries: Sequence[Entry], rejected: bool) -> None:
+        # on the event loop: a WAL commit without fsync takes microseconds, and it must precede the 202
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            "INSERT INTO history VALUES (?, ?, ?, ?) ON CONFLICT (user, item) DO UPDATE SET "
+            "ts = max(ts, excluded.ts), rejected = excluded.rejected",
+            [(user, item, ts, int(rejected)) for item, ts in _newest(entries).items()],
+        )
+        self._db.execute("COMMIT")
 
 
 class RedisHistoryStore:

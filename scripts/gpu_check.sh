@@ -176,7 +176,8 @@ def scrape(client: httpx.Client, url: str) -> tuple[dict[str, float], dict[str, 
 
 def explainer(label: str, env: dict[str, str]) -> ExplainerRow:
     """N sequential POST /recommend (k = 10: ten lines each) after one warm-up, metrics diffed around them."""
-    env = {"RECSYS_FEEDBACK__SPOOL_DIR": tempfile.mkdtemp(prefix="gpu-check-spool-"), **env}
+    env = {"RECSYS_FEEDBACK__SPOOL_DIR": tempfile.mkdtemp(prefix="gpu-check-spool-"),
+           "RECSYS_STATE_DIR": tempfile.mkdtemp(prefix="gpu-check-state-"), **env}
     with service(MODEL_DIR, free_port(), env) as url, httpx.Client(timeout=120) as c:
         c.post(f"{url}/recommend", json={"user_id": "1", "k": 10}).raise_for_status()
         (fb0, w0), times = scrape(c, url), []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -224,6 +225,29 @@ class MemoryDeduper:
     async def release(self, ids: Sequence[str]) -> None:
         for i in ids:
             self._seen.pop(i, None)
+
+
+class SqliteDeduper:
+    """The event-id memory of the embedded service on disk (`common.local_state`): a re-sent event is a
+    duplicate across restarts too. Keeps the newest `capacity` ids by first sighting."""
+
+    def __init__(self, db: sqlite3.Connection, capacity: int = 1_000_000) -> None:
+        self._db, self.capacity, self._since_prune = db, capacity, 0
+        db.execute("CREATE TABLE IF NOT EXISTS event_ids (id TEXT PRIMARY KEY)")
+
+    async def claim(self, ids: Sequence[str]) -> list[bool]:
+        self._db.execute("BEGIN")  # microseconds (WAL, no fsync), and it must precede the 202
+        fresh = [self._db.execute("INSERT OR IGNORE INTO event_ids (id) VALUES (?)", (i,)).rowcount == 1 for i in ids]
+        self._db.execute("COMMIT")
+        self._since_prune += len(ids)
+        if self._since_prune > self.capacity // 10:
+            self._since_prune = 0
+            self._db.execute("DELETE FROM event_ids WHERE rowid <= (SELECT max(rowid) FROM event_ids) - ?",
+                             (self.capacity,))  # fmt: skip
+        return fresh
+
+    async def release(self, ids: Sequence[str]) -> None:
+        self._db.executemany("DELETE FROM event_ids WHERE id = ?", [(i,) for i in ids])
 
 
 class RedisDeduper:

@@ -73,6 +73,9 @@ class Settings(ProcessSettings):
     history_prefix: str = "recsys:history:"
     history_len: int = Field(200, ge=1, le=10_000)
     added_items_log: Path = Path(".cache/added-items.jsonl")  # POST /items, replayed at startup
+    # without Redis: histories, event ids and adapters on disk here, so a restart forgets nothing; None:
+    # in memory only
+    state_dir: Path | None = Path(".cache/state")
     index: IndexSettings = Field(default_factory=IndexSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)

@@ -23,14 +23,22 @@ import torch
 from fastapi import FastAPI, Request
 from redis.asyncio import Redis
 
+from common import local_state
 from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore
 from models.adapter import ServingAdapter
 from retrieval.catalog import NewItem
-from retrieval.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore, dataset_histories
+from retrieval.history import (
+    HistoryStore,
+    MemoryHistoryStore,
+    RedisHistoryStore,
+    SqliteHistoryStore,
+    dataset_histories,
+)
 from service.adapters import AdapterWatcher
 from service.components import Components, NotReadyError, build_cold_start, build_components
 from service.explain import Explainer
 from service.feedback import (
+    EventIdDeduper,
     EventSink,
     FeedbackIngest,
     Forwarder,
@@ -38,6 +46,7 @@ from service.feedback import (
     KafkaEventSink,
     MemoryDeduper,
     RedisDeduper,
+    SqliteDeduper,
 )
 from service.llm_explain import bundled_gguf, make_explainer
 from service.llm_rerank import LlamaCppReranker
@@ -165,15 +174,13 @@ async def build_state(settings: Settings, metrics: Metrics, adapter_store: Adapt
     text = await anyio.to_thread.run_sync(TextEncoder, settings.cache_dir)
     c = await anyio.to_thread.run_sync(_first_bundle, settings, text)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-    history: HistoryStore = (RedisHistoryStore(redis, settings.history_prefix, settings.history_len) if redis
-                             else MemoryHistoryStore(settings.history_len))  # fmt: skip
+    history, deduper = _history_and_event_ids(settings, redis, metrics)
     sink: EventSink = KafkaEventSink(settings.kafka.bootstrap_servers, settings.kafka.topic,
                                      settings.kafka.request_timeout_ms) if settings.kafka.bootstrap_servers \
         else InProcessSink()  # fmt: skip
     spool = Spool(settings.feedback.spool_dir)
     forwarder = Forwarder(spool, sink, metrics)
     f = settings.feedback
-    deduper = RedisDeduper(redis, f.dedupe_prefix, f.dedupe_ttl_s, metrics) if redis else MemoryDeduper()
     a = settings.adapter
     store = adapter_store or (RedisAdapterStore(redis, a.prefix, a.keep) if redis else MemoryAdapterStore(a.keep))
     recommender, task = await _recommender(settings, metrics, store, redis, history, c)
@@ -190,6 +197,19 @@ async def build_state(settings: Settings, metrics: Metrics, adapter_store: Adapt
              items=len(c.catalogue.payloads), users_seeded=seeded, sink=sink.name, spool_pending=spool.pending,
              explainer=recommender.explainer.name)  # fmt: skip
     return state
+
+
+def _history_and_event_ids(settings: Settings, redis: Redis | None,
+                           metrics: Metrics) -> tuple[HistoryStore, EventIdDeduper]:  # fmt: skip
+    """Redis when configured (shared by replicas); else in process, kept on disk under `state_dir`."""
+    f = settings.feedback
+    if redis is not None:
+        return (RedisHistoryStore(redis, settings.history_prefix, settings.history_len),
+                RedisDeduper(redis, f.dedupe_prefix, f.dedupe_ttl_s, metrics))  # fmt: skip
+    if settings.state_dir is None:
+        return MemoryHistoryStore(settings.history_len), MemoryDeduper()
+    return (SqliteHistoryStore(local_state.connect(settings.state_dir), settings.history_len),
+            SqliteDeduper(local_state.connect(settings.state_dir)))  # fmt: skip
 
 
 def _first_bundle(settings: Settings, text: TextEncoder) -> Components:

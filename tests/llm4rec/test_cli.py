@@ -151,7 +151,8 @@ def test_up_runs_service_and_learner_processes_against_kafka_and_redis(
         env = {**os.environ, "RECSYS_MODEL_DIR": str(checkpoint), "RECSYS_CACHE_DIR": str(small_trained.cache),
                "RECSYS_REDIS_URL": "redis://127.0.0.1:6379/0", "RECSYS_HISTORY_PREFIX": prefix + "h:",
                "RECSYS_ADAPTER__PREFIX": prefix + "a:", "RECSYS_FEEDBACK__DEDUPE_PREFIX": prefix + "e:",
-               "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"), "RECSYS_INDEX__LOCATION": str(tmp_path / "ix"),
+               "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"),
+               "RECSYS_STATE_DIR": str(tmp_path / "state"), "RECSYS_INDEX__LOCATION": str(tmp_path / "ix"),
                "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "RECSYS_KAFKA__GROUP_ID": prefix,
                "RECSYS_LEARNER_METRICS_PORT": str(metrics_port), "RECSYS_GUARD__HOLDOUT_EVERY": "0"}  # fmt: skip
         up = subprocess.Popen([sys.executable, "-m", "llm4rec", "up", "--port", str(port)], env=env)
@@ -192,7 +193,8 @@ def test_up_stops_within_10_s_of_a_signal_leaving_no_process_and_the_spool_intac
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
     env |= {"RECSYS_MODEL_DIR": str(checkpoint), "RECSYS_CACHE_DIR": str(small_trained.cache),
-            "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"), "RECSYS_INDEX__LOCATION": str(tmp_path / "ix"),
+            "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"),
+            "RECSYS_STATE_DIR": str(tmp_path / "state"), "RECSYS_INDEX__LOCATION": str(tmp_path / "ix"),
             "RECSYS_GUARD__HOLDOUT_EVERY": "0"}  # fmt: skip
     ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
     up = subprocess.Popen([sys.executable, "-m", "llm4rec", "up", "--port", str(port)], env=env, preexec_fn=ignore)
@@ -224,3 +226,58 @@ def _stop_up(up: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         up.wait()
     assert code == 0, f"`up` exited with {code} {took:.1f} s after {sig.name}"
     assert not left, f"processes {left} outlived `up` ({took:.1f} s after {sig.name})"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_an_embedded_restart_forgets_nothing_users_did(
+    checkpoint: Path, small_trained: SmallTrained, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """The embedded default: likes and dislikes, the event-id memory and the served adapter version
+    survive a restart of `llm4rec serve`, whether it was stopped or killed."""
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env |= {"RECSYS_MODEL_DIR": str(checkpoint), "RECSYS_CACHE_DIR": str(small_trained.cache),
+            "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"), "RECSYS_STATE_DIR": str(tmp_path / "state"),
+            "RECSYS_INDEX__LOCATION": str(tmp_path / "ix"), "RECSYS_GUARD__HOLDOUT_EVERY": "0",
+            "RECSYS_BATCH__IN_PROCESS_WAIT_MS": "100"}  # fmt: skip
+
+    def serve() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "llm4rec", "serve", "--port", str(port)], env=env)
+        wait_http(f"{base}/readyz", timeout_s=120, ok=300)
+        return proc
+
+    def listed(client: httpx.Client) -> tuple[set[str], int]:
+        body = client.post(f"{base}/recommend", json={"user_id": "u5", "k": 10, "explain": False}).json()
+        return {it["item_id"] for it in body["items"]}, int(body["adapter_version"])
+
+    proc = serve()
+    try:
+        with httpx.Client(timeout=10) as client:
+            first, _ = listed(client)
+            liked, disliked = sorted(first)[:5], sorted(first)[5:7]
+            events = [{"event_id": f"like-{i}", "user_id": "u5", "item_id": i, "type": "like"} for i in liked]
+            events += [{"event_id": f"no-{i}", "user_id": "u5", "item_id": i, "type": "dislike"} for i in disliked]
+            assert client.post(f"{base}/feedback", json={"events": events}).json()["accepted"] == 7
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # the in-process learner publishes its first adapter
+                items, version = listed(client)
+                if version:
+                    break
+                time.sleep(0.2)
+            assert version >= 1
+            assert not items & set(liked + disliked)
+        proc.send_signal(sig)
+        proc.wait(10)
+        proc = serve()
+        with httpx.Client(timeout=10) as client:
+            items, after = listed(client)
+            assert not items & set(liked + disliked)  # the history and the rejections came back
+            assert after >= version  # the served adapter did not go back
+            again = client.post(f"{base}/feedback", json={"events": events[:1]}).json()
+            assert again == {"accepted": 0, "duplicates": 1, "published": True}
+    finally:
+        proc.kill()
+        proc.wait()

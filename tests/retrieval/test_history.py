@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from retrieval.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore
+from common import local_state
+from retrieval.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore, SqliteHistoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -18,10 +20,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(params=["redis", "memory"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[HistoryStore]:
+@pytest.fixture(params=["redis", "memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[HistoryStore]:
     if request.param == "memory":
         yield MemoryHistoryStore(max_len=5)
+        return
+    if request.param == "sqlite":
+        yield SqliteHistoryStore(local_state.connect(tmp_path), max_len=5)
         return
     redis = Redis.from_url("redis://127.0.0.1:6379/0")
     prefix = f"test:history:{uuid.uuid4().hex}:"
@@ -72,3 +77,14 @@ async def test_a_rejection_leaves_the_history_until_a_later_positive(store: Hist
     assert await store.recent("u1", 10) == [("a", 10), ("c", 30), ("z", 50)]
     await store.reject("u1", [(f"r{i}", 60 + i) for i in range(7)])  # capped like the history
     assert await store.rejected("u1") == {f"r{i}" for i in range(2, 7)}
+
+
+async def test_the_sqlite_store_remembers_across_a_reopen(tmp_path: Path) -> None:
+    first = SqliteHistoryStore(local_state.connect(tmp_path), max_len=5)
+    await first.seed({"u1": [("a", 1), ("b", 2)]})
+    await first.append("u1", [("c", 3)])
+    await first.reject("u1", [("b", 4), ("x", 5)])
+    again = SqliteHistoryStore(local_state.connect(tmp_path), max_len=5)  # what a restarted process reads
+    assert await again.recent("u1", 10) == [("a", 1), ("c", 3)]
+    assert await again.rejected("u1") == {"b", "x"}
+    assert await again.seed({"u1": [("z", 9)]}) == 0  # a known user is not seeded again

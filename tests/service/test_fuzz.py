@@ -46,7 +46,7 @@ def fuzz_client(
     root = tmp_path_factory.mktemp("fuzz")
     ix, spool = IndexSettings(location=str(root / "ix")), FeedbackSettings(spool_dir=root / "spool")
     settings = Settings(model_dir=checkpoint, cache_dir=small_trained.cache, index=ix, feedback=spool,
-                        added_items_log=root / "added.jsonl", api=FUZZ_API)  # fmt: skip
+                        added_items_log=root / "added.jsonl", api=FUZZ_API, state_dir=root / "state")  # fmt: skip
     app = create_app(settings)
     with asgi.get_client(app) as client:  # one client for the run: the lifespan starts once
         client.app_under_test = app
