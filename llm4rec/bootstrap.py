@@ -26,7 +26,7 @@ class BuildFailedError(RuntimeError):
 
 
 async def train_and_swap(state: ServiceState, time_budget_s: float, log_path: Path,
-                         on_trained: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
+                         on_trained: Callable[[], Awaitable[object]] | None = None) -> None:  # fmt: skip
     """Train, index, swap in; then build the RAG context and swap again. Child output goes to
     `log_path`; a failed step is logged and leaves the cold-start (or context-free) model serving."""
     s = state.settings

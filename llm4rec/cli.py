@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 from dataclasses import asdict
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from common.adapter import AdapterRejectedError, Manifest, decode, encode
-from common.adapter_store import AdapterStore, RedisAdapterStore
+from common.adapter_store import RedisAdapterStore
 from common.process import limit_malloc_arenas
 from common.settings import MissingSettingError
 from learner.settings import LearnerSettings
@@ -30,7 +31,7 @@ from retrieval.context import CONTEXT, build_context_index, build_entries
 from retrieval.engines import IndexInUseError, make_engine
 from service.app import create_app
 from service.settings import Settings
-from service.state import app_state
+from service.state import ServiceState, app_state
 from training.ablation import VARIANTS, run_ablation
 from training.checkpoint import ServingCheckpoint, load_serving_checkpoint
 from training.evaluate import PROTOCOLS, EvalContext, evaluate
@@ -290,13 +291,28 @@ def serve_cmd(
     embedded = not settings.kafka.bootstrap_servers  # no Kafka: the learner runs in this process
     learner_settings = LearnerSettings()
     store = adapter_store(learner_settings, settings.redis_url, settings.state_dir) if embedded else None
+
+    async def started(state: ServiceState) -> None:
+        """Before the first request: the embedded learner subscribes now (so it sees every event), or,
+        with no model yet, once the background build has swapped the trained model in."""
+        learn = functools.partial(attach_learner, state, learner_settings, store) if store is not None else None
+        if not state.recommender.c.model.cold_start:
+            if learn is not None:
+                await learn()
+        elif train_if_missing:
+            log_path = state.settings.cache_dir.parent / "background-build.log"
+            typer.echo(f"no model yet: serving popularity, then content vectors, while a model trains in the "
+                       f"background (at most {time_budget:.0f} s, progress in {log_path}; GET /readyz tells the "
+                       "stage)")  # fmt: skip
+            state.tasks.append(asyncio.create_task(train_and_swap(state, time_budget, log_path, learn)))
+
     try:
         _index_available(settings.index.location)
-        app = create_app(settings, adapter_store=store)
+        app = create_app(settings, adapter_store=store, on_started=started)
     except (ValueError, IndexInUseError) as e:
         raise _fail(str(e)) from e
     # uvloop, as uvicorn itself would pick: this process owns the loop because the learner shares it
-    uvloop.run(_serve(app, host, port, learner_settings, store, time_budget if train_if_missing else None))
+    uvloop.run(_serve(app, host, port))
 
 
 def _index_available(location: str) -> None:
@@ -312,29 +328,13 @@ def _index_available(location: str) -> None:
         engine.close()
 
 
-async def _serve(app: FastAPI, host: str, port: int, learner_settings: LearnerSettings, store: AdapterStore | None,
-                 time_budget: float | None) -> None:  # fmt: skip
+async def _serve(app: FastAPI, host: str, port: int) -> None:
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
         await asyncio.sleep(0.1)
-    if not server.started:
-        await task
-        return
-    state = app_state(app)
-
-    async def learn() -> None:
-        if store is not None:
-            await attach_learner(state, learner_settings, store)
-
-    if state.recommender.c.model.cold_start and time_budget is not None:
-        log_path = state.settings.cache_dir.parent / "background-build.log"
-        typer.echo(f"no model yet: serving content vectors and popularity while a model trains in the background "
-                   f"(at most {time_budget:.0f} s, progress in {log_path}; GET /readyz tells the stage)")  # fmt: skip
-        state.tasks.append(asyncio.create_task(train_and_swap(state, time_budget, log_path, learn)))
-    elif not state.recommender.c.model.cold_start:
-        await learn()
-    _announce(state.recommender.c.catalogue.data.user_ids[0], host, port)
+    if server.started:
+        _announce(app_state(app).recommender.c.catalogue.data.user_ids[0], host, port)
     await task
 
 

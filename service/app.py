@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import structlog
@@ -19,15 +19,17 @@ from service.middleware import RequestContext
 from service.routes import router
 from service.settings import Settings
 from service.spool import SpoolError
-from service.state import build_state
+from service.state import ServiceState, build_state
 from service.strict_json import http_failed, validation_failed
 
 log = structlog.get_logger()
 
 
-def create_app(settings: Settings | None = None, adapter_store: AdapterStore | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, adapter_store: AdapterStore | None = None,
+               on_started: Callable[[ServiceState], Awaitable[None]] | None = None) -> FastAPI:  # fmt: skip
     """adapter_store: where adapters come from; default Redis when configured, else an in-process
-    store (the embedded learner publishes into the one it is given)."""
+    store (the embedded learner publishes into the one it is given). on_started: run with the state
+    before the first request is taken (the embedded learner subscribes there, so it sees every event)."""
     settings = settings or Settings()
     if settings.production and (settings.api.key is None or settings.adapter.signing_key is None):
         raise ValueError("production mode needs RECSYS_API__KEY and RECSYS_ADAPTER__SIGNING_KEY")
@@ -36,6 +38,8 @@ def create_app(settings: Settings | None = None, adapter_store: AdapterStore | N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.service = state = await build_state(settings, metrics, adapter_store)
+        if on_started is not None:
+            await on_started(state)
         freeze_startup_objects()
         yield
         await state.close()
