@@ -129,8 +129,7 @@ class ServiceState:
             await self._swap_in(functools.partial(build_cold_start, self.settings, self.text))
         except Exception as e:  # popularity keeps serving; the trained model will still come
             log.warning("cold_start_embedding_failed", error=str(e))
-        finally:
-            self.serving.embedded.set()
+        self.serving.embedded.set()  # not when cancelled: a stopping service starts no training
 
     async def _swap_in(self, build: Callable[[], Components]) -> None:
         """Build a bundle off the event loop, then, with POST /items held, replay the added items into it
@@ -148,7 +147,7 @@ class ServiceState:
         await _seed(self.history, c)
 
     async def close(self) -> None:
-        for task in self.tasks:
+        for task in reversed(self.tasks):  # the newest first: a later task may wait on an earlier one
             await _stop(task)
         await self.sink.close()
         await self.serving.close()
