@@ -57,7 +57,7 @@ async def train_and_swap(state: ServiceState, time_budget_s: float, log_path: Pa
                 log_path,
                 [*llm4rec, "index", "build", "--model", str(s.model_dir), *location, "--no-items", *cache],
             )
-            await state.load_trained(context=True)
+            await state.add_context()
         state.serving.building = ""
         log.info("background_build_finished", model_version=state.recommender.c.model_version)
     except BuildFailedError as e:

@@ -4,7 +4,7 @@ popularity, `build_cold_start`) and swaps in the trained one (`build_components`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -78,22 +78,32 @@ def build_components(settings: Settings, text: TextEncoder, context: bool = True
     vectors = index_vectors(ck.model)
     source = ModelItemVectors(ck.model, ck.train, settings.cache_dir)
     catalogue = Catalogue(ck.data, items, vectors, read_payloads(items, ck.data.num_items), source)
-    rag = _context_store(settings, engine, ck.data, text) if context and settings.rag.enabled else None
-    return Components(
+    c = Components(
         model=GenerativeUserModel(ck.model, ck.version),
         catalogue=catalogue,
-        context=rag,
-        title_vectors=text(catalogue.titles) if rag else None,
         base_model=LLM4RecRef(ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0])),
         engine=engine,
     )
+    return with_context(c, settings, text) if context and settings.rag.enabled else c
 
 
-def build_cold_start(settings: Settings, text: TextEncoder | None) -> Components:
+def with_context(c: Components, settings: Settings, text: TextEncoder) -> Components:
+    """The same bundle with RAG context (eq. 7-10): its engine's context collection (built here when
+    missing) and every item's title embedded once as its RAG query."""
+    assert c.engine is not None, "a trained bundle owns its index engine"
+    index = c.engine.open(CONTEXT)
+    if index is None:
+        index = build_context_index(c.engine, build_entries(c.catalogue.data), text)  # first start: every entry
+    r = settings.rag
+    rag = ContextStore(index, text, ContextWeights(l1=r.l1, l2=r.l2, l3=r.l3, sigma_days=r.sigma_days))
+    return replace(c, context=rag, title_vectors=text(c.catalogue.titles))
+
+
+def build_cold_start(settings: Settings, text: TextEncoder | None, data: RecDataset | None = None) -> Components:
     """Before any model is trained: items as text-encoder vectors of their content (`text`; None:
     popularity alone, built in seconds without loading the encoder), users as the mean of their
-    history's vectors, popularity from the dataset; in memory."""
-    data = load_dataset(settings.cold_start.dataset)
+    history's vectors, popularity from the dataset (`data`: already loaded); in memory."""
+    data = data or load_dataset(settings.cold_start.dataset)
     pop = np.bincount(data.interactions.item, minlength=data.num_items).astype(np.float64)
     source = ContentItemVectors(text)
     vectors = source.grow(data, np.zeros((0, 0), np.float32))
@@ -109,11 +119,3 @@ def build_cold_start(settings: Settings, text: TextEncoder | None) -> Components
 
 def _secret(settings: Settings) -> str | None:
     return settings.index.api_key.get_secret_value() if settings.index.api_key else None
-
-
-def _context_store(settings: Settings, engine: IndexEngine, data: RecDataset, text: TextEncoder) -> ContextStore:
-    index = engine.open(CONTEXT)
-    if index is None:
-        index = build_context_index(engine, build_entries(data), text)  # first start: every entry
-    r = settings.rag
-    return ContextStore(index, text, ContextWeights(l1=r.l1, l2=r.l2, l3=r.l3, sigma_days=r.sigma_days))

@@ -35,7 +35,7 @@ from retrieval.history import (
     dataset_histories,
 )
 from service.adapters import AdapterWatcher
-from service.components import Components, NotReadyError, build_cold_start, build_components
+from service.components import Components, NotReadyError, build_cold_start, build_components, with_context
 from service.explain import Explainer
 from service.feedback import (
     EventIdDeduper,
@@ -123,10 +123,17 @@ class ServiceState:
         engine = current.engine if not current.model.cold_start else None
         await self._swap_in(functools.partial(build_components, self.settings, self.text, context, engine))
 
+    async def add_context(self) -> None:
+        """RAG context for the served trained model: the same bundle (model, catalogue, index engine)
+        with the context collection added, nothing loaded again."""
+        if self.settings.rag.enabled and not self.recommender.c.model.cold_start:
+            await self._swap_in(functools.partial(with_context, self.recommender.c, self.settings, self.text))
+
     async def embed_cold_start(self) -> None:
         """Popularity alone -> content vectors, while no trained model is served yet."""
+        data = self.recommender.c.catalogue.data  # loaded already, with any items added since
         try:
-            await self._swap_in(functools.partial(build_cold_start, self.settings, self.text))
+            await self._swap_in(functools.partial(build_cold_start, self.settings, self.text, data))
         except Exception as e:  # popularity keeps serving; the trained model will still come
             log.warning("cold_start_embedding_failed", error=str(e))
         self.serving.embedded.set()  # not when cancelled: a stopping service starts no training

@@ -4,8 +4,9 @@ lifespan, with settings pointing at the real Redis (a unique key prefix per test
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,6 +177,18 @@ async def serve(
 async def client(settings: Settings) -> AsyncIterator[AsyncClient]:
     async with serve(settings) as (c, _):
         yield c
+
+
+async def until(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
+    """Until `condition()` (or the coroutine it returns) is truthy, polling every 50 ms."""
+    for _ in range(int(timeout_s / 0.05)):
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
 
 
 def with_(settings: Settings, **changes: Any) -> Settings:

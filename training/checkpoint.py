@@ -25,6 +25,7 @@ import structlog
 import torch
 from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save_file as save_arrays
+from safetensors.torch import load as load_weights
 from safetensors.torch import load_file, save_file
 
 from models.data import Interactions, RecDataset
@@ -122,13 +123,17 @@ def read_checkpoint_meta(path: Path) -> dict[str, Any]:
 
 def checkpoint_version(path: Path) -> str:
     """A checkpoint's identity (its weights' hash): adapters name the model they were trained for."""
-    return hashlib.sha256((Path(path) / WEIGHTS).read_bytes()).hexdigest()[:12]
+    return _version((Path(path) / WEIGHTS).read_bytes())
+
+
+def _version(weights: bytes) -> str:
+    return hashlib.sha256(weights).hexdigest()[:12]
 
 
 def load_checkpoint(path: Path, data: RecDataset, train: TrainData, cache_dir: Path) -> LLM4Rec:
     meta = read_checkpoint_meta(path)
     _check_dataset(path, meta, data)
-    return _model(path, meta, data, train, cache_dir)
+    return _model(load_file(str(path / WEIGHTS)), meta, data, train, cache_dir)
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,9 @@ def load_serving_checkpoint(path: Path, cache_dir: Path) -> ServingCheckpoint:
     data = load_dataset(meta["dataset_ref"])
     _check_dataset(path, meta, data)
     train = TrainData(read_train_log(path, meta, data), data.num_users, data.num_items)
-    return ServingCheckpoint(_model(path, meta, data, train, cache_dir), data, train, meta, checkpoint_version(path))
+    weights = (path / WEIGHTS).read_bytes()  # read once: the model's state and its version
+    model = _model(load_weights(weights), meta, data, train, cache_dir)
+    return ServingCheckpoint(model, data, train, meta, _version(weights))
 
 
 def read_train_log(path: Path, meta: dict[str, Any], data: RecDataset) -> Interactions:
@@ -182,10 +189,11 @@ def _check_dataset(path: Path, meta: dict[str, Any], data: RecDataset) -> None:
         )
 
 
-def _model(path: Path, meta: dict[str, Any], data: RecDataset, train: TrainData, cache_dir: Path) -> LLM4Rec:
+def _model(state: dict[str, torch.Tensor], meta: dict[str, Any], data: RecDataset, train: TrainData,
+           cache_dir: Path) -> LLM4Rec:  # fmt: skip
     sw = Switches(**meta["switches"])
     model = build_model(data, train, sw, cache_dir, progress=False, base=LLM4RecConfig.from_dict(meta["model"]))
-    model.load_state_dict(load_file(str(path / WEIGHTS)))
+    model.load_state_dict(state)
     model.serve_gamma = meta["serve_gamma"]
     model.eval()
     return model

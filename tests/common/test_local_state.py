@@ -15,11 +15,6 @@ from service.feedback import SqliteDeduper
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_event_ids_stay_claimed_across_a_reopen(tmp_path: Path) -> None:
     first = SqliteDeduper(local_state.connect(tmp_path))
     assert await first.claim(["a", "b"]) == [True, True]

@@ -26,26 +26,10 @@ from learner.consumer import run as run_learner
 from learner.metrics import LearnerMetrics
 from learner.pipeline import Learner, Outcome
 from learner.settings import GuardSettings, LearnerSettings
-from tests.conftest import REDIS_URL, SmallTrained
+from tests.conftest import REDIS_URL, SmallTrained, until
 from tests.kafka_mock import mock_kafka
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-async def until(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def _likes(n: int, tag: str = "") -> list[FeedbackEvent]:

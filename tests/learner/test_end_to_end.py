@@ -29,28 +29,12 @@ from learner.settings import GuardSettings, LearnerSettings
 from llm4rec.embedded import attach_learner
 from service.settings import Settings
 from service.state import app_state
-from tests.conftest import REDIS_URL, SmallTrained, serve, with_
+from tests.conftest import REDIS_URL, SmallTrained, serve, until, with_
 from tests.kafka_mock import mock_kafka
 from tests.net import free_port
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-async def until(condition: Callable[[], object], timeout_s: float = 30.0) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def _likes(user: str, items: range) -> list[dict[str, object]]:

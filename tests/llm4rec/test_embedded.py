@@ -11,11 +11,6 @@ from llm4rec.embedded import _learn_with_retries
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class FailingLearner:
     def __init__(self, failures: int) -> None:
         self.failures, self.calls = failures, 0

@@ -13,8 +13,7 @@ from httpx import AsyncClient
 from service.components import NotReadyError
 from service.settings import ColdStartSettings, Settings
 from service.state import app_state
-from tests.conftest import SmallTrained, serve, with_
-from tests.learner.test_end_to_end import until
+from tests.conftest import SmallTrained, serve, until, with_
 
 pytestmark = pytest.mark.anyio
 
@@ -55,8 +54,10 @@ async def test_cold_start_answers_then_the_trained_model_swaps_in_without_a_fail
 
         swapped = asyncio.Event()
 
-        async def load() -> None:  # requests before, during and after the swap
-            while not swapped.is_set() or len(statuses) < 20:
+        async def load() -> None:  # requests before, during and after the swap (at least 5 started after it)
+            after_swap = 0
+            while after_swap < 5 or len(statuses) < 20:
+                after_swap += swapped.is_set()
                 r = await client.post("/recommend", json={"user_id": "u1", "k": 5, "explain": False})
                 statuses.append(r.status_code)
                 versions.add(r.json()["model_version"])
@@ -77,7 +78,10 @@ async def test_cold_start_answers_then_the_trained_model_swaps_in_without_a_fail
         deps = (await client.get("/readyz")).json()["dependencies"]
         assert deps["model"] == "trained"
         assert deps["context"] == "off"
-        # then with RAG context: a second bundle on the same embedded index, which opens once per process
+        # then with RAG context, added to the served bundle (as the background build does) ...
+        await app_state(app).add_context()
+        assert (await client.get("/readyz")).json()["dependencies"]["context"] == "ready"
+        # ... and a reload: a second bundle on the same embedded index, which opens once per process
         await app_state(app).load_trained()
         assert (await client.get("/readyz")).json()["dependencies"]["context"] == "ready"
         explained = (await client.post("/recommend", json={"user_id": "u1", "k": 3})).json()["items"]

@@ -15,8 +15,7 @@ from common.adapter_store import RedisAdapterStore
 from common.settings import AdapterSettings
 from service.settings import IndexSettings, Settings
 from service.state import app_state
-from tests.conftest import REDIS_URL, serve, with_
-from tests.learner.test_end_to_end import until
+from tests.conftest import REDIS_URL, serve, until, with_
 
 pytestmark = pytest.mark.anyio
 
