@@ -46,6 +46,7 @@ from training.experiment import (
     run_baseline,
 )
 from training.llm4rec_train import (
+    GAMMA_TOLERANCE,
     CheckpointMismatchError,
     Switches,
     save_checkpoint,
@@ -186,19 +187,21 @@ def _open_for_serving(path: Path, cache_dir: Path) -> ServingCheckpoint:
         raise _fail(str(e)) from e
 
 
-def _switches(no: list[str], lambda_fair: float, lambda_parity: float) -> Switches:
+def _switches(no: list[str], with_: list[str], lambda_fair: float, lambda_parity: float) -> Switches:
     fields = {f.replace("_", "-"): f for f in Switches.__dataclass_fields__ if not f.startswith("lambda_")}
-    bad = [n for n in no if n not in fields]
+    bad = [n for n in [*no, *with_] if n not in fields]
     if bad:
-        raise _fail(f"unknown component(s) {bad}; can switch off: {sorted(fields)}")
-    return Switches(**{fields[n]: False for n in no}, lambda_fair=lambda_fair, lambda_parity=lambda_parity)
+        raise _fail(f"unknown component(s) {bad}; can switch: {sorted(fields)}")
+    flips = {fields[n]: False for n in no} | {fields[n]: True for n in with_}
+    return Switches(**flips, lambda_fair=lambda_fair, lambda_parity=lambda_parity)
 
 
-NoOpt = Annotated[
+_COMPONENTS = "fusion, text, categorical, numerical, ids, cross-attention, adaptive-weights, ipw, pop-deconfound, fair"
+NoOpt = Annotated[list[str] | None, typer.Option("--no", help=f"Switch a component off (repeatable): {_COMPONENTS}.")]
+WithOpt = Annotated[
     list[str] | None,
-    typer.Option("--no", help="Switch a component off (repeatable): fusion, text, categorical, numerical, ids, "
-                 "cross-attention, adaptive-weights, ipw, pop-deconfound, fair."),
-]  # fmt: skip
+    typer.Option("--with", help="Switch a component on (repeatable); adaptive-weights and ipw are off by default."),
+]
 
 
 @app.command("train")
@@ -206,6 +209,7 @@ def train_cmd(
     out: Annotated[Path, typer.Option(help="Checkpoint folder to write.")],
     dataset: DatasetOpt = "ml-latest-small",
     no: NoOpt = None,
+    with_: WithOpt = None,
     lambda_fair: Annotated[float, typer.Option(help="Weight of the fairness adversary.")] = 0.1,
     lambda_parity: Annotated[float, typer.Option(help="Weight of the per-group training-loss gap.")] = 0.0,
     split: Annotated[str, typer.Option(help=f"One of {SPLITS}.")] = "leave-one-out",
@@ -213,14 +217,21 @@ def train_cmd(
     seed: int = 0,
     max_epochs: Annotated[int | None, typer.Option(help="Cap on training epochs.")] = None,
     time_budget: Annotated[float | None, typer.Option(help="Seconds before training stops.")] = None,
+    gamma_tolerance: Annotated[
+        float,
+        typer.Option(
+            help="Serve the smallest popularity weight whose validation "
+            "NDCG@10 is within this relative tolerance of the best one."
+        ),
+    ] = GAMMA_TOLERANCE,
     cache_dir: CacheOpt = DEFAULT_CACHE,
 ) -> None:
     """Train the LLM4Rec model (early stopping on validation NDCG@10) and save a checkpoint."""
-    sw = _switches(no or [], lambda_fair, lambda_parity)
+    sw = _switches(no or [], with_ or [], lambda_fair, lambda_parity)
     config = _run_config(split, "full", min_rating, seed, max_epochs, time_budget)
     data = _load(dataset)
     sp = make_split(data, config)
-    trained = train_llm4rec(data, sp, sw, llm4rec_fit_config(config), cache_dir)
+    trained = train_llm4rec(data, sp, sw, llm4rec_fit_config(config), cache_dir, gamma_tolerance=gamma_tolerance)
     run = {"split": split, "min_rating": min_rating, "seed": seed}
     extra = {"dataset_ref": dataset, "run": run, "fit": asdict(trained.fit), "train_seconds": trained.seconds}
     save_checkpoint(out, trained.model, data, sp.train, sw, extra)
@@ -238,7 +249,7 @@ def ablate_cmd(
     cache_dir: CacheOpt = DEFAULT_CACHE,
     out: Annotated[Path, typer.Option(help="Folder for the ablation table and chart.")] = Path("results/ablation"),
 ) -> None:
-    """Train the full model and each variant with one component off; print and save the table."""
+    """Train the default model and each variant with one component flipped; print and save the table."""
     chosen = list(VARIANTS) if variants == "all" else [v.strip() for v in variants.split(",")]
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:

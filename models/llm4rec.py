@@ -21,7 +21,7 @@ from models.debias import FairnessAdversary, group_loss_gap, ipw_weights, log_po
 from models.fusion import FusionConfig, ItemFusion, ItemInputs
 from models.scoring import PAD, HistoryBatch, TrainData
 from models.sequences import training_windows, window_batches
-from models.transformer import CausalTransformer
+from models.transformer import CausalTransformer, xavier_init
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,10 @@ class LLM4RecConfig:
     layers: int = 2
     heads: int = 1
     dropout: float = 0.2
-    max_len: int = 200
+    max_len: int = 50
     lr: float = 1e-3
-    batch_size: int = 128
+    batch_size: int = 64
+    newest_only: bool = True  # train on each user's newest max_len + 1 items (as SASRec)
     ipw: bool = True
     eta_item: float = 0.25  # propensity exponents; 0 switches a factor off
     eta_user: float = 0.0
@@ -73,9 +74,10 @@ class LLM4Rec(nn.Module):
         self.items = items
         self.fusion = ItemFusion(c.fusion)
         self.pos_emb = nn.Embedding(c.max_len, c.fusion.dim)
-        nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.drop = nn.Dropout(c.dropout)
         self.encoder = CausalTransformer(c.fusion.dim, c.layers, c.heads, c.dropout)
+        xavier_init(self.encoder)
+        nn.init.xavier_normal_(self.pos_emb.weight)
         self.gamma = nn.Parameter(torch.zeros(()))  # learned popularity effect (PDA's gamma)
         self.serve_gamma: float | None = None  # None: the learned gamma; 0: do(popularity) fully removed
         self.register_buffer("log_pop", log_popularity(item_pop.float()), persistent=False)
@@ -136,8 +138,8 @@ class LLM4Rec(nn.Module):
         self.train()
         self._cache = None
         losses = []
-        for users, inp, tgt in window_batches(training_windows(data.sequences(), self.config.max_len),
-                                              self.config.batch_size, rng):  # fmt: skip
+        windows = training_windows(data.sequences(), self.config.max_len, self.config.newest_only)
+        for users, inp, tgt in window_batches(windows, self.config.batch_size, rng):
             loss = self.batch_loss(users, inp, tgt)
             self.optimizer.zero_grad()
             loss.backward()

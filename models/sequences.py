@@ -12,13 +12,15 @@ from models.scoring import PAD
 Window = tuple[int, np.ndarray]  # (user, items: inputs plus the shifted target)
 
 
-def training_windows(sequences: dict[int, np.ndarray], max_len: int) -> list[Window]:
+def training_windows(sequences: dict[int, np.ndarray], max_len: int, newest_only: bool = False) -> list[Window]:
     """Each user's sequence cut from the end into windows of max_len + 1 items, so long histories
-    contribute all their transitions, not only the newest max_len."""
+    contribute all their transitions; `newest_only` keeps just the newest window per user."""
     windows = []
     for user, seq in sequences.items():
         for end in range(len(seq), 1, -max_len):
             windows.append((user, seq[max(0, end - max_len - 1) : end]))
+            if newest_only:
+                break
     return windows
 
 

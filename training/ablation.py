@@ -1,4 +1,5 @@
-"""Ablation of LLM4Rec's components (the paper's Table IV): each variant switches one thing off."""
+"""Ablation of LLM4Rec's components (the paper's Table IV): each variant flips one switch of the
+default model, off where it is on by default ("w/o") and on where it is off ("with")."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ from models.splits import Split
 from training.experiment import RunConfig, llm4rec_fit_config, llm4rec_metrics
 from training.llm4rec_train import Switches, train_llm4rec
 
-FULL = Switches()
-VARIANTS: dict[str, Switches] = {
-    "full": FULL,
-    "w/o fusion (ids only)": replace(FULL, fusion=False),
-    "w/o text": replace(FULL, text=False),
-    "w/o item ids (content only)": replace(FULL, ids=False),
-    "w/o cross-modal attention": replace(FULL, cross_attention=False),
-    "w/o adaptive weights": replace(FULL, adaptive_weights=False),
-    "w/o IPW": replace(FULL, ipw=False),
-    "w/o popularity deconfounding": replace(FULL, pop_deconfound=False),
-    "w/o fairness adversary": replace(FULL, fair=False),
+DEFAULT = Switches()
+COMPONENTS = {  # switch -> how the table names it
+    "fusion": "fusion (off: ids only)",
+    "text": "text",
+    "ids": "item ids (off: content only)",
+    "cross_attention": "cross-modal attention",
+    "adaptive_weights": "adaptive weights",
+    "ipw": "IPW",
+    "pop_deconfound": "popularity deconfounding",
+    "fair": "fairness adversary",
+}
+VARIANTS: dict[str, Switches] = {"default": DEFAULT} | {
+    f"{'w/o' if getattr(DEFAULT, k) else 'with'} {label}": replace(DEFAULT, **{k: not getattr(DEFAULT, k)})
+    for k, label in COMPONENTS.items()
 }
 
 

@@ -18,7 +18,7 @@ from training.checkpoint import load_checkpoint, read_checkpoint_meta, split_dat
 from training.evaluate import EvalContext, evaluate
 from training.fit import FitConfig, fit, seed_everything
 from training.llm4rec_train import TrainedLLM4Rec
-from training.zoo import BASELINES
+from training.zoo import BASELINES, SEQUENTIAL_FIT
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def llm4rec_metrics(trained: TrainedLLM4Rec, split: Split, config: RunConfig) ->
 
 
 def llm4rec_fit_config(config: RunConfig) -> FitConfig:
-    fc = FitConfig(max_epochs=200, eval_every=2, patience=5, seed=config.seed, time_budget_s=config.time_budget_s)
+    fc = replace(SEQUENTIAL_FIT, seed=config.seed, time_budget_s=config.time_budget_s)
     return replace(fc, max_epochs=min(fc.max_epochs, config.max_epochs or fc.max_epochs))
 
 

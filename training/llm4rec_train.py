@@ -24,20 +24,36 @@ from training.checkpoint import save_checkpoint as save_checkpoint
 from training.evaluate import EvalContext, evaluate
 from training.fit import FitConfig, FitResult, fit, seed_everything
 
-GAMMA_MULTIPLIERS = (0.0, 0.5, 1.0, 1.5)  # serving gamma candidates, as multiples of the learned one
+GAMMA_MULTIPLIERS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)  # serving gamma candidates, multiples of the learned one
+GAMMA_TOLERANCE = 0.02
 
 
-def select_serving_gamma(model: LLM4Rec, split: Split, ctx: EvalContext) -> float:
-    """PDA's adjusted inference: the popularity weight that serves validation best."""
-    learned = float(model.gamma.detach())
-    best, best_ndcg = learned, -1.0
-    for m in GAMMA_MULTIPLIERS if model.config.pop_deconfound else (1.0,):
+def validation_by_gamma(model: LLM4Rec, split: Split, ctx: EvalContext) -> dict[float, float]:
+    """Validation NDCG@10 at each candidate serving gamma (multiples of the learned one)."""
+    learned, kept = float(model.gamma.detach()), model.serve_gamma
+    ndcg = {}
+    for m in GAMMA_MULTIPLIERS:
         model.serve_gamma = m * learned
-        ndcg = evaluate(model, split.valid, ctx, ks=(10,), beyond=False)["NDCG@10"]
-        if ndcg > best_ndcg:
-            best, best_ndcg = m * learned, ndcg
-    model.serve_gamma = best
-    return best
+        ndcg[m * learned] = evaluate(model, split.valid, ctx, ks=(10,), beyond=False)["NDCG@10"]
+    model.serve_gamma = kept
+    return ndcg
+
+
+def smallest_near_best(ndcg: dict[float, float], tolerance: float) -> float:
+    """The candidate closest to 0 whose validation NDCG@10 is within `tolerance` of the best."""
+    best = max(ndcg.values())
+    return min((g for g, v in ndcg.items() if v >= (1 - tolerance) * best), key=abs)
+
+
+def select_serving_gamma(model: LLM4Rec, split: Split, ctx: EvalContext, tolerance: float = GAMMA_TOLERANCE) -> float:
+    """The do(popularity) weight to serve (PDA's adjusted inference): the smallest candidate whose
+    validation NDCG@10 is within `tolerance` (relative) of the best candidate's. The validation-best
+    gamma tends to exceed the learned one, which would serve more popularity than the confounded model;
+    the smallest near-best one trades noise-level accuracy for less popularity bias."""
+    learned = float(model.gamma.detach())
+    model.serve_gamma = smallest_near_best(validation_by_gamma(model, split, ctx), tolerance) if (
+        model.config.pop_deconfound) else learned  # fmt: skip
+    return model.serve_gamma
 
 
 @dataclass(frozen=True)
@@ -49,12 +65,13 @@ class TrainedLLM4Rec:
 
 
 def train_llm4rec(data: RecDataset, split: Split, sw: Switches, fc: FitConfig, cache_dir: Path,
-                  progress: bool = True, base: LLM4RecConfig | None = None) -> TrainedLLM4Rec:  # fmt: skip
+                  progress: bool = True, base: LLM4RecConfig | None = None,
+                  gamma_tolerance: float = GAMMA_TOLERANCE) -> TrainedLLM4Rec:  # fmt: skip
     train = TrainData(split.train, split.num_users, split.num_items)
     ctx = EvalContext.build(data, train)
     seed_everything(fc.seed)
     start = time.perf_counter()
     model = build_model(data, train, sw, cache_dir, progress, base)
     result = fit(model, train, split.valid, ctx, fc, progress=progress)
-    select_serving_gamma(model, split, ctx)
+    select_serving_gamma(model, split, ctx, gamma_tolerance)
     return TrainedLLM4Rec(model, ctx, result, time.perf_counter() - start)

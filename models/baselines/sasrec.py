@@ -15,7 +15,7 @@ from torch import nn
 
 from models.scoring import PAD, HistoryBatch, TrainData
 from models.sequences import training_windows, window_batches
-from models.transformer import CausalTransformer
+from models.transformer import CausalTransformer, xavier_init
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,11 @@ class SASRecConfig:
     layers: int = 2
     heads: int = 1
     dropout: float = 0.2
-    max_len: int = 200
+    max_len: int = 50
     lr: float = 1e-3
-    batch_size: int = 128
+    batch_size: int = 64
+    inner_dropout: bool = False  # dropout on attention weights and inside the feed-forward layer
+    newest_only: bool = True  # train on each user's newest max_len + 1 items, not windows over all
 
 
 class SASRec(nn.Module):
@@ -39,10 +41,8 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(num_items + 1, c.dim, padding_idx=0)  # row 0 = padding
         self.pos_emb = nn.Embedding(c.max_len, c.dim)
         self.dropout = nn.Dropout(c.dropout)
-        self.encoder = CausalTransformer(c.dim, c.layers, c.heads, c.dropout)
-        # N(0, 1) embeddings make the tied output logits ~sqrt(dim) too large at the start
-        nn.init.normal_(self.item_emb.weight, std=0.02)
-        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        self.encoder = CausalTransformer(c.dim, c.layers, c.heads, c.dropout, c.inner_dropout)
+        xavier_init(self)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=c.lr)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ class SASRec(nn.Module):
 
     def fit_epoch(self, data: TrainData, rng: np.random.Generator) -> float:
         self.train()
-        windows = training_windows(data.sequences(), self.config.max_len)
+        windows = training_windows(data.sequences(), self.config.max_len, self.config.newest_only)
         losses = []
         for _, inp, tgt in window_batches(windows, self.config.batch_size, rng):
             h = self.encode(inp)

@@ -78,6 +78,33 @@ def test_eval_writes_json_markdown_and_chart(tmp_path: Path) -> None:
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def _long_text_generic(dst: Path) -> list[str]:
+    """Items with descriptions of several hundred words and no genres or other features."""
+    rng = np.random.default_rng(1)
+    vocab = [f"w{k}" for k in range(400)]
+    rows = [["user_id", "item_id", "timestamp"]]
+    for u in range(30):
+        for t, i in enumerate(rng.choice(25, size=7, replace=False)):
+            rows.append([f"u{u}", f"i{i}", str(1000 * t + u)])
+    descriptions = [" ".join(rng.choice(vocab, size=int(rng.integers(300, 700)))) for _ in range(25)]
+    items = [["item_id", "description"], *([f"i{i}", d] for i, d in enumerate(descriptions))]
+    Tables(DatasetSpec("long-text", ("description",)), rows, items).write(dst)
+    return descriptions
+
+
+def test_eval_trains_llm4rec_on_long_descriptions_without_genres(tmp_path: Path) -> None:
+    descriptions = _long_text_generic(tmp_path / "data")
+    assert min(len(d.split()) for d in descriptions) >= 300
+    out = tmp_path / "results"
+    result = runner.invoke(app, ["eval", "--dataset", str(tmp_path / "data"), "--models", "llm4rec,sasrec",
+                                 "--max-epochs", "2", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "results.json").read_text())
+    assert report["meta"]["users_evaluated"] == 30
+    for model in ("llm4rec", "sasrec"):
+        assert 0.0 <= report["results"][model]["NDCG@10"] <= 1.0
+
+
 def test_eval_sampled_protocol_and_temporal_split(tmp_path: Path) -> None:
     _small_generic(tmp_path / "data")
     for extra in (["--protocol", "sampled-pop"], ["--split", "temporal"]):

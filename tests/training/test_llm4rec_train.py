@@ -60,10 +60,11 @@ def test_train_then_eval_checkpoint_cli(tmp_path: Path) -> None:
     _small_generic(tmp_path / "data")
     ckpt, cache = tmp_path / "ckpt", tmp_path / "cache"
     args = ["train", "--dataset", str(tmp_path / "data"), "--out", str(ckpt), "--max-epochs", "2"]
-    result = runner.invoke(app, [*args, "--cache-dir", str(cache), "--no", "ipw"])
+    result = runner.invoke(app, [*args, "--cache-dir", str(cache), "--with", "ipw", "--no", "cross-attention"])
     assert result.exit_code == 0, result.output
     meta = json.loads((ckpt / "config.json").read_text())
-    assert meta["switches"]["ipw"] is False
+    assert meta["switches"]["ipw"] is True
+    assert meta["switches"]["cross_attention"] is False
     assert (ckpt / "train.safetensors").is_file()  # serving loads the training interactions from here
     assert meta["model"]["fusion"]["text_dim"] == 384
     result = runner.invoke(app, ["eval", "--model", str(ckpt), "--cache-dir", str(cache), "--out", str(tmp_path / "r")])
@@ -77,11 +78,11 @@ def test_train_then_eval_checkpoint_cli(tmp_path: Path) -> None:
 def test_ablate_cli_writes_a_table(tmp_path: Path) -> None:
     _small_generic(tmp_path / "data")
     out = tmp_path / "ablation"
-    args = ["ablate", "--dataset", str(tmp_path / "data"), "--variants", "full,w/o text", "--max-epochs", "2"]
+    args = ["ablate", "--dataset", str(tmp_path / "data"), "--variants", "default,w/o text", "--max-epochs", "2"]
     result = runner.invoke(app, [*args, "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     table = (out / "results.md").read_text()
-    assert "| full |" in table
+    assert "| default |" in table
     assert "| w/o text |" in table
 
 
