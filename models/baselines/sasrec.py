@@ -27,8 +27,9 @@ class SASRecConfig:
     max_len: int = 50
     lr: float = 1e-3
     batch_size: int = 64
-    inner_dropout: bool = False  # dropout on attention weights and inside the feed-forward layer
     newest_only: bool = True  # train on each user's newest max_len + 1 items, not windows over all
+    xavier: bool = True  # off: PyTorch's default layer init with N(0, 0.02) embeddings
+    layout: str = "sasrec"  # the original block (models.transformer.SASRecBlock), or "pre-norm"
 
 
 class SASRec(nn.Module):
@@ -41,8 +42,12 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(num_items + 1, c.dim, padding_idx=0)  # row 0 = padding
         self.pos_emb = nn.Embedding(c.max_len, c.dim)
         self.dropout = nn.Dropout(c.dropout)
-        self.encoder = CausalTransformer(c.dim, c.layers, c.heads, c.dropout, c.inner_dropout)
-        xavier_init(self)
+        self.encoder = CausalTransformer(c.dim, c.layers, c.heads, c.dropout, c.layout)
+        if c.xavier:
+            xavier_init(self)
+        else:
+            nn.init.normal_(self.item_emb.weight, std=0.02)
+            nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=c.lr)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
