@@ -127,6 +127,9 @@ def _aggregate(got: _Collected, es: EvalSet, ctx: EvalContext, ks: tuple[int, ..
         out[f"HR@{k}"] = float(metrics.hit_rate(got.ranks, k).mean())
         out[f"NDCG@{k}"] = float(metrics.ndcg(got.ranks, k).mean())
         out[f"Recall@{k}"] = float(metrics.recall(got.ranks, k).mean())
+    if 10 in ks:  # the user-sampling standard error: how far apart two models' NDCG@10 must be to mean much
+        per_user = metrics.ndcg(got.ranks, 10)
+        out["NDCGSE@10"] = float(per_user.std(ddof=1) / np.sqrt(max(len(per_user), 1))) if len(per_user) > 1 else 0.0
     out["MRR"] = float(metrics.mrr(got.ranks).mean())
     if not beyond:
         return out

@@ -24,15 +24,18 @@ from training.checkpoint import save_checkpoint as save_checkpoint
 from training.evaluate import EvalContext, evaluate
 from training.fit import FitConfig, FitResult, fit, seed_everything
 
-GAMMA_MULTIPLIERS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)  # serving gamma candidates, multiples of the learned one
+# Serving gamma candidates, as multiples of the learned one. do(popularity) removes some or all of
+# popularity's direct effect; it never adds more than the confounded model learned.
+GAMMA_MULTIPLIERS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GAMMA_TOLERANCE = 0.02
 
 
-def validation_by_gamma(model: LLM4Rec, split: Split, ctx: EvalContext) -> dict[float, float]:
+def validation_by_gamma(model: LLM4Rec, split: Split, ctx: EvalContext,
+                        multipliers: tuple[float, ...] = GAMMA_MULTIPLIERS) -> dict[float, float]:  # fmt: skip
     """Validation NDCG@10 at each candidate serving gamma (multiples of the learned one)."""
     learned, kept = float(model.gamma.detach()), model.serve_gamma
     ndcg = {}
-    for m in GAMMA_MULTIPLIERS:
+    for m in multipliers:
         model.serve_gamma = m * learned
         ndcg[m * learned] = evaluate(model, split.valid, ctx, ks=(10,), beyond=False)["NDCG@10"]
     model.serve_gamma = kept
@@ -46,10 +49,9 @@ def smallest_near_best(ndcg: dict[float, float], tolerance: float) -> float:
 
 
 def select_serving_gamma(model: LLM4Rec, split: Split, ctx: EvalContext, tolerance: float = GAMMA_TOLERANCE) -> float:
-    """The do(popularity) weight to serve (PDA's adjusted inference): the smallest candidate whose
-    validation NDCG@10 is within `tolerance` (relative) of the best candidate's. The validation-best
-    gamma tends to exceed the learned one, which would serve more popularity than the confounded model;
-    the smallest near-best one trades noise-level accuracy for less popularity bias."""
+    """The do(popularity) weight to serve (PDA's adjusted inference): the candidate closest to 0 whose
+    validation NDCG@10 is within `tolerance` (relative) of the best candidate's, so serving spends
+    noise-level accuracy on less popularity bias."""
     learned = float(model.gamma.detach())
     model.serve_gamma = smallest_near_best(validation_by_gamma(model, split, ctx), tolerance) if (
         model.config.pop_deconfound) else learned  # fmt: skip
