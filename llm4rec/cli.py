@@ -220,8 +220,8 @@ def train_cmd(
     gamma_tolerance: Annotated[
         float,
         typer.Option(
-            help="Serve the smallest popularity weight whose validation "
-            "NDCG@10 is within this relative tolerance of the best one."
+            help="Serve the popularity weight closest to 0 whose validation "
+            "NDCG@10 is within this relative tolerance of the best candidate's."
         ),
     ] = GAMMA_TOLERANCE,
     cache_dir: CacheOpt = DEFAULT_CACHE,

@@ -53,7 +53,7 @@ class LLM4RecConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> LLM4RecConfig:
         fusion = dict(d["fusion"])
         fusion["categorical_sizes"] = tuple(fusion["categorical_sizes"])
-        # checkpoints written before a field existed were trained with what it now switches on
+        # a checkpoint written before a field existed was trained the way the field's old behaviour was
         before = {"layout": "pre-norm", "newest_only": False}
         return cls(**{**before, **d, "fusion": FusionConfig(**fusion)})
 

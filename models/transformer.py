@@ -78,8 +78,8 @@ class CausalTransformer(nn.Module):
 
 def xavier_init(model: nn.Module) -> None:
     """Xavier-normal weights for every matrix (embeddings included), as the reference SASRec
-    implementations do; padding rows stay zero. On ml-100k this, not the architecture, closed most of
-    the gap to an independent SASRec (BENCHMARKS.md, baselines)."""
+    implementations do; padding rows stay zero. PyTorch's defaults with N(0, 0.02) embeddings trained
+    a clearly weaker SASRec (BENCHMARKS.md, SASRec-CE settings)."""
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if p.dim() > 1:

@@ -91,7 +91,9 @@ class SmallTrained:
 
 
 def _themed_tables(dst: Path) -> None:
-    """Items 0-19 are space films, 20-39 romances; odd users watch space, even users romance."""
+    """Items 0-19 are space films, 20-39 romances; odd users watch space, even users romance. Users
+    from u40 on first watched five of the other theme: without such switches nothing in the data says
+    whether the newest items or the oldest ones tell what comes next."""
     rng = np.random.default_rng(0)
     space = ["robots", "starship", "galaxy", "alien", "orbit"]
     love = ["paris", "wedding", "letters", "summer", "kiss"]
@@ -102,7 +104,10 @@ def _themed_tables(dst: Path) -> None:
     rows = [["user_id", "item_id", "timestamp"]]
     for u in range(60):
         pool = np.arange(20) + (0 if u % 2 else 20)
-        for t, i in enumerate(rng.permutation(pool)[:10]):
+        seq = list(rng.permutation(pool)[:10])
+        if u >= 40:
+            seq = list(rng.permutation((pool + 20) % 40)[:5]) + seq
+        for t, i in enumerate(seq):
             rows.append([f"u{u}", f"m{i}", str(1_600_000_000 + 86_400 * t + u)])
     Tables(DatasetSpec("themed", ("title",), {"genres": "|"}, ("year",)), rows, items).write(dst)
 
