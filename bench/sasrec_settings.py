@@ -25,16 +25,16 @@ from training.experiment import RunConfig, make_split, test_metrics, train_basel
 from training.fit import FitConfig
 
 DEFAULT = SASRecConfig()
-PREVIOUS = replace(DEFAULT, max_len=200, batch_size=128, newest_only=False, xavier=False, layout="pre-norm")
+PREVIOUS = replace(DEFAULT, max_len=200, batch_size=128, xavier=False, layout="pre-norm")
 VARIANTS: dict[str, tuple[SASRecConfig, FitConfig]] = {
-    "default (SASRec block, Xavier init, newest 50 items, batch 64, validate every 5, patience 4)": (
+    "default (SASRec block, Xavier init, max length 50, batch 64, validate every 5, patience 4)": (
         DEFAULT, zoo.SEQUENTIAL_FIT),
     "previous default (pre-norm block, N(0, 0.02) init, windows over all items, max length 200, batch 128, "
     "every 2, patience 5)": (
         PREVIOUS, replace(zoo.SEQUENTIAL_FIT, eval_every=2, patience=5)),
     "pre-norm block": (replace(DEFAULT, layout="pre-norm"), zoo.SEQUENTIAL_FIT),
     "pre-norm block, N(0, 0.02) init": (replace(DEFAULT, layout="pre-norm", xavier=False), zoo.SEQUENTIAL_FIT),
-    "windows over all items": (replace(DEFAULT, newest_only=False), zoo.SEQUENTIAL_FIT),
+    "newest 50 items only": (replace(DEFAULT, newest_only=True), zoo.SEQUENTIAL_FIT),
     "max length 200": (replace(DEFAULT, max_len=200), zoo.SEQUENTIAL_FIT),
     "dropout 0.3": (replace(DEFAULT, dropout=0.3), zoo.SEQUENTIAL_FIT),
     "patience 8": (DEFAULT, replace(zoo.SEQUENTIAL_FIT, patience=8)),

@@ -33,7 +33,9 @@ class LLM4RecConfig:
     max_len: int = 50
     lr: float = 1e-3
     batch_size: int = 64
-    newest_only: bool = True  # train on each user's newest max_len + 1 items (as SASRec)
+    # True: each user's newest max_len + 1 items only. Off: on ml-latest-small's long histories that
+    # discarded most transitions and cost LLM4Rec 40% of its NDCG@10 (BENCHMARKS.md, SASRec-CE settings)
+    newest_only: bool = False
     layout: str = "sasrec"  # transformer block: "sasrec" or "pre-norm" (models.transformer)
     ipw: bool = True
     eta_item: float = 0.25  # propensity exponents; 0 switches a factor off
@@ -54,7 +56,7 @@ class LLM4RecConfig:
         fusion = dict(d["fusion"])
         fusion["categorical_sizes"] = tuple(fusion["categorical_sizes"])
         # a checkpoint written before a field existed was trained the way the field's old behaviour was
-        before = {"layout": "pre-norm", "newest_only": False}
+        before = {"layout": "pre-norm"}
         return cls(**{**before, **d, "fusion": FusionConfig(**fusion)})
 
 

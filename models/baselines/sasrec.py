@@ -27,7 +27,7 @@ class SASRecConfig:
     max_len: int = 50
     lr: float = 1e-3
     batch_size: int = 64
-    newest_only: bool = True  # train on each user's newest max_len + 1 items, not windows over all
+    newest_only: bool = False  # True: train on each user's newest max_len + 1 items only (the reference's rule)
     xavier: bool = True  # off: PyTorch's default layer init with N(0, 0.02) embeddings
     layout: str = "sasrec"  # the original block (models.transformer.SASRecBlock), or "pre-norm"
 
