@@ -123,13 +123,14 @@ def sample_negatives(es: EvalSet, popularity: np.ndarray, protocol: str, seed: i
 
 def _aggregate(got: _Collected, es: EvalSet, ctx: EvalContext, ks: tuple[int, ...], beyond: bool) -> dict[str, float]:
     out: dict[str, float] = {}
+    user_ndcg = metrics.ndcg(got.ranks, 10)  # per user: the SE below and the group gaps
     for k in ks:
         out[f"HR@{k}"] = float(metrics.hit_rate(got.ranks, k).mean())
-        out[f"NDCG@{k}"] = float(metrics.ndcg(got.ranks, k).mean())
+        out[f"NDCG@{k}"] = float((user_ndcg if k == 10 else metrics.ndcg(got.ranks, k)).mean())
         out[f"Recall@{k}"] = float(metrics.recall(got.ranks, k).mean())
     if 10 in ks:  # the user-sampling standard error: how far apart two models' NDCG@10 must be to mean much
-        per_user = metrics.ndcg(got.ranks, 10)
-        out["NDCGSE@10"] = float(per_user.std(ddof=1) / np.sqrt(max(len(per_user), 1))) if len(per_user) > 1 else 0.0
+        n = len(user_ndcg)
+        out["NDCGSE@10"] = float(user_ndcg.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
     out["MRR"] = float(metrics.mrr(got.ranks).mean())
     if not beyond:
         return out
@@ -141,7 +142,6 @@ def _aggregate(got: _Collected, es: EvalSet, ctx: EvalContext, ks: tuple[int, ..
     out["Novelty@10"] = metrics.novelty(top10, ctx.popularity, ctx.num_users)
     out["ARP@10"] = metrics.average_popularity(top10, ctx.popularity)
     out["LongTail@10"] = metrics.long_tail_share(top10, ctx.popularity)
-    user_ndcg = metrics.ndcg(got.ranks, 10)
     for name, codes in ctx.groups.items():
         g = codes[es.users]
         out[f"NDCGGap@10[{name}]"] = metrics.group_gap(user_ndcg, g)
