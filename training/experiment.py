@@ -18,7 +18,7 @@ from training.checkpoint import load_checkpoint, read_checkpoint_meta, split_dat
 from training.evaluate import EvalContext, evaluate
 from training.fit import FitConfig, fit, seed_everything
 from training.llm4rec_train import TrainedLLM4Rec
-from training.zoo import BASELINES, SEQUENTIAL_FIT
+from training.zoo import BASELINES, SEQUENTIAL_FIT, Entry
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,12 @@ class Trained:
     info: dict[str, float]  # epochs, best_epoch, train_seconds
 
 
-def train_baseline(name: str, data: RecDataset, split: Split, config: RunConfig) -> Trained:
-    """Fit one baseline, early-stopped on validation NDCG@10 (untrainable ones are just built)."""
-    if name not in BASELINES:
+def train_baseline(name: str, data: RecDataset, split: Split, config: RunConfig, entry: Entry | None = None) -> Trained:
+    """Fit one baseline, early-stopped on validation NDCG@10 (untrainable ones are just built).
+    `entry` overrides how the named model is built and scheduled (settings studies)."""
+    if entry is None and name not in BASELINES:
         raise ValueError(f"unknown model {name!r}; known: {sorted(BASELINES)}")
-    entry = BASELINES[name]
+    entry = entry or BASELINES[name]
     train = TrainData(split.train, split.num_users, split.num_items)
     ctx = EvalContext.build(data, train)
     seed_everything(config.seed)

@@ -30,6 +30,7 @@ class SASRecConfig:
     newest_only: bool = False  # True: train on each user's newest max_len + 1 items only (the reference's rule)
     xavier: bool = True  # off: PyTorch's default layer init with N(0, 0.02) embeddings
     layout: str = "sasrec"  # the original block (models.transformer.SASRecBlock), or "pre-norm"
+    length_buckets: bool = False  # batches of windows of similar length (models.sequences.window_batches)
 
 
 class SASRec(nn.Module):
@@ -66,7 +67,7 @@ class SASRec(nn.Module):
         self.train()
         windows = training_windows(data.sequences(), self.config.max_len, self.config.newest_only)
         losses = []
-        for _, inp, tgt in window_batches(windows, self.config.batch_size, rng):
+        for _, inp, tgt in window_batches(windows, self.config.batch_size, rng, self.config.length_buckets):
             h = self.encode(inp)
             mask = tgt != PAD
             loss = nn.functional.cross_entropy(self.logits(h[mask]), tgt[mask])

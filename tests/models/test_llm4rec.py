@@ -163,6 +163,20 @@ def test_windows_use_the_whole_history() -> None:
     assert len(data.interactions) == 3
 
 
+def test_batches_are_random_samples_of_windows_unless_length_buckets() -> None:
+    from models.scoring import PAD
+    from models.sequences import window_batches
+
+    windows = [(u, np.arange(3 if u % 2 else 30)) for u in range(64)]  # short and long, alternating
+    rng = np.random.default_rng(0)
+    mixed = [len(set((inp != PAD).sum(1).tolist())) > 1 for _, inp, _ in window_batches(windows, 8, rng)]
+    bucketed = [len(set((inp != PAD).sum(1).tolist())) > 1 for _, inp, _ in window_batches(windows, 8, rng, True)]
+    assert sum(mixed) >= 6
+    assert not any(bucketed)
+    seen = np.concatenate([u.numpy() for u, _, _ in window_batches(windows, 8, rng)])
+    assert sorted(seen.tolist()) == list(range(64))  # every window once per epoch
+
+
 def test_group_loss_gap_is_the_spread_of_group_means_and_differentiable() -> None:
     from models.debias import group_loss_gap
 
