@@ -3,7 +3,8 @@ trained over seeds on full-ranking leave-one-out.
 
     python bench/sasrec_settings.py --dataset ../shared/data/ml-100k --seeds 0,1,2
 
-Rewrites the `sasrec-settings-<dataset>` section of BENCHMARKS.md.
+Rewrites the `sasrec-settings-<dataset>` section of BENCHMARKS.md (9 settings x 3 seeds: about 80 minutes
+on ml-100k on the 2 cores).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from training.fit import FitConfig, FitResult, fit, seed_everything
 
 # Serving gamma candidates, as multiples of the learned one. do(popularity) removes some or all of
 # popularity's direct effect; it never adds more than the confounded model learned.
-GAMMA_MULTIPLIERS = tuple(m / 10 for m in range(11))  # 0, 0.1, ..., 1
+GAMMA_MULTIPLIERS = tuple(m / 20 for m in range(21))  # 0, 0.05, ..., 1
 GAMMA_TOLERANCE = 0.02
 
 

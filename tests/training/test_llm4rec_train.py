@@ -98,3 +98,12 @@ def test_ids_only_variant_scores_items_unseen_in_training(tmp_path: Path) -> Non
     model.eval()
     scores = model.score(HistoryBatch(torch.tensor([0]), torch.tensor([[0, 1, 2]])))
     assert torch.isfinite(scores).all()
+
+
+def test_served_gamma_is_the_candidate_closest_to_zero_within_tolerance() -> None:
+    from training.llm4rec_train import smallest_near_best
+
+    ndcg = {0.0: 0.080, 0.5: 0.0985, 0.9: 0.0990, 1.0: 0.1000}
+    assert smallest_near_best(ndcg, 0.02) == 0.5  # 0.0985 is within 2% of the best, 0.080 is not
+    assert smallest_near_best(ndcg, 0.0) == 1.0
+    assert smallest_near_best({-0.4: 0.1, -0.2: 0.1, 0.0: 0.05}, 0.02) == -0.2  # closest to 0, whatever the sign
