@@ -35,7 +35,7 @@ def window_batches(
     (BENCHMARKS.md, SASRec-CE settings).
     """
     if length_buckets:
-        by_length = np.lexsort((rng.random(len(windows)), [len(w) for _, w in windows]))
+        by_length = np.lexsort((rng.random(len(windows)), np.array([len(w) for _, w in windows])))
         batches = [by_length[s : s + batch_size] for s in range(0, len(by_length), batch_size)]
         batches = [batches[b] for b in rng.permutation(len(batches))]
     else:
