@@ -31,9 +31,6 @@ class FusionConfig:
     adaptive_weights: bool = True
     dropout: float = 0.1
     id_dropout: float = 0.1  # training-time chance to hide an item's id token, so content alone must work
-    # the id token is also added to the fused vector as is, so a warm item keeps a free embedding of
-    # its own (as in SASRec) and content is what the fusion adds to it
-    id_residual: bool = True
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -171,8 +168,6 @@ class ItemFusion(nn.Module):
     def forward(self, x: ItemInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """-> item vectors (N, D), modality weights (N, M) in `config.modalities` order."""
         tokens, available = self.encoders(x)
-        own_id = tokens[:, -1] if self.config.id_residual and self.config.num_items else None  # zero if unknown
         if self.cross is not None:
             tokens = self.cross(tokens, available)
-        fused, alpha = self.fusion(tokens, available)
-        return (fused if own_id is None else fused + own_id), alpha
+        return self.fusion(tokens, available)

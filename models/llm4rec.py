@@ -55,7 +55,6 @@ class LLM4RecConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> LLM4RecConfig:
         fusion = dict(d["fusion"])
         fusion["categorical_sizes"] = tuple(fusion["categorical_sizes"])
-        fusion.setdefault("id_residual", False)  # written before the field existed
         # a checkpoint written before a field existed was trained the way the field's old behaviour was
         before = {"layout": "pre-norm"}
         return cls(**{**before, **d, "fusion": FusionConfig(**fusion)})

@@ -56,22 +56,10 @@ def test_unknown_items_get_content_only_vectors() -> None:
     assert torch.isfinite(again).all()
 
 
-def test_id_residual_adds_a_known_items_own_embedding_to_its_fused_vector() -> None:
-    torch.manual_seed(0)
-    with_id = ItemFusion(_fusion_config(10)).eval()
-    without = ItemFusion(_fusion_config(10, id_residual=False)).eval()
-    without.load_state_dict(with_id.state_dict())
-    known = torch.tensor([True] * 8 + [False] * 2)
-    delta = with_id(_inputs(10, known))[0] - without(_inputs(10, known))[0]
-    torch.testing.assert_close(delta[:8], with_id.encoders.id.weight[:8].detach())  # type: ignore[union-attr]
-    assert (delta[8:] == 0).all()  # new items stay content-only
-
-
 def test_a_config_written_before_a_field_existed_keeps_the_old_behaviour() -> None:
     saved = LLM4RecConfig(fusion=_fusion_config(10)).to_dict()
-    del saved["layout"], saved["fusion"]["id_residual"]
-    old = LLM4RecConfig.from_dict(saved)
-    assert (old.layout, old.fusion.id_residual) == ("pre-norm", False)
+    del saved["layout"]
+    assert LLM4RecConfig.from_dict(saved).layout == "pre-norm"
     assert LLM4RecConfig.from_dict(LLM4RecConfig(fusion=_fusion_config(10)).to_dict()) == LLM4RecConfig(
         fusion=_fusion_config(10)
     )
