@@ -5,9 +5,11 @@ cold start, on full-ranking leave-one-out.
     python bench/llm4rec.py --dataset ml-latest-small --seeds 0,1,2 --sections accuracy
     python bench/llm4rec.py --dataset ../shared/data/ml-100k --seeds 0,1 --sections fairness
 
-Prints every figure as it comes and rewrites the `llm4rec-`, `fairness-` and `coldstart-<dataset>`
-sections of BENCHMARKS.md;
-charts go to bench/figures/.
+Prints every figure as it comes and rewrites the `llm4rec-`, `popularity-`, `fairness-` and
+`coldstart-<dataset>` sections of BENCHMARKS.md; charts go to bench/figures/. Each accuracy (model,
+seed) result is kept in bench/results/accuracy-<dataset>.json, so `--models sasrec` and
+`--models llm4rec` can run apart (a long ml-latest-small seed at a time) and `--models ''` rebuilds
+the table.
 """
 
 from __future__ import annotations
@@ -234,10 +236,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--models", default="sasrec,llm4rec", help="which models the accuracy section trains")
+    p.add_argument("--models", default="sasrec,llm4rec",
+                   help="models the accuracy section trains; '' rebuilds its table from kept results")  # fmt: skip
     p.add_argument("--sections", default="accuracy,popularity,fairness,cold-start",
                    help="accuracy, popularity (the served gamma; seed 0), fairness, cold-start")  # fmt: skip
     args = p.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    if unknown := set(models) - {"sasrec", "llm4rec"}:
+        p.error(f"--models: unknown {sorted(unknown)}; known: sasrec, llm4rec")
     data = load_dataset(args.dataset)
     split = leave_one_out(data)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -245,7 +251,7 @@ def main() -> None:
     command = f"Command: `python bench/llm4rec.py {' '.join(sys.argv[1:])}`\n"
     first = None
     if "accuracy" in sections:
-        text, first = accuracy(data, split, seeds, args.models.split(","))
+        text, first = accuracy(data, split, seeds, models)
         write_section(f"llm4rec-{data.name}", "\n".join([f"## LLM4Rec on {data.name}\n", command, text]))
     if "popularity" in sections:
         body = f"## Popularity intervention on {data.name}\n\n{command}\n" + debiasing(
