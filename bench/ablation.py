@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 
 from models.splits import leave_one_out
 from recdata import load_dataset
@@ -66,7 +66,7 @@ def main() -> None:
             store.write_text(json.dumps(kept, indent=1))  # after each cell: an interrupted run keeps its work
     text = table(kept)
     print(text)
-    body = (f"## Ablation on {data.name}\n\nCommand: `python bench/ablation.py {' '.join(sys.argv[1:])}` "
+    body = (f"## Ablation on {data.name}\n\nCommand: `{command_line()}` "
             "(full-ranking leave-one-out; mean ± sample std over the seeds listed per row; Δ is the mean "
             "paired difference to the default model).\n\n" + text)  # fmt: skip
     write_section(f"ablation-{data.name}", body)

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 
 from recdata import load_dataset
 from training.experiment import RunConfig, make_split, test_metrics, train_baseline
@@ -36,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     machine = f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     parts = [
-        f"## Baselines\n\nCommand: `python bench/baselines.py {' '.join(sys.argv[1:])}`  \nMachine: {machine}. "
+        f"## Baselines\n\nCommand: `{command_line()}`  \nMachine: {machine}. "
         "Leave-one-out by time, seed 0; each model is trained and selected once per dataset, the protocols "
         "only change how its test targets are ranked.\n"
     ]

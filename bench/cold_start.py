@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 
 from models.scoring import PAD, HistoryBatch, TrainData
 from recdata import load_dataset
@@ -69,7 +69,7 @@ def main() -> None:
         for g, v, hr, nd, arp in rows
     )
     body = (
-        f"## Cold-start serving\n\nCommand: `python bench/cold_start.py {' '.join(sys.argv[1:])}`. What "
+        f"## Cold-start serving\n\nCommand: `{command_line()}`. What "
         f"`llm4rec serve` answers before any model is trained, on {args.dataset} (leave-one-out by time, full "
         "ranking, seen items excluded): users as the mean MiniLM vector of their newest "
         f"{CONTENT_HISTORY} items, `cos + gamma * log(1 + pop)`.\n\n"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 from redis.asyncio import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,7 +318,7 @@ def main() -> None:
             feedback.append(fn(args.model))
             print(feedback[-1], flush=True)
 
-    body = (f"## Fault matrix\n\nCommand: `python bench/fault_matrix.py {' '.join(sys.argv[1:])}`. Real processes on "
+    body = (f"## Fault matrix\n\nCommand: `{command_line()}`. Real processes on "
             "loopback: the service (uvicorn), `python -m learner`, librdkafka's mock Kafka cluster (a child process, "
             "frozen with SIGSTOP for an outage), redis-server; ml-latest-small model.\n\n"
             "| case | accepted (202) | reached Kafka | applied | applied twice | lost | notes |\n"

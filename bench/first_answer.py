@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from markdown_sections import write_section  # noqa: E402
+from markdown_sections import command_line, write_section  # noqa: E402
 
 from tests.net import free_port  # noqa: E402
 
@@ -87,7 +87,7 @@ def main() -> None:
     )
     print(rows, f"\n{sent} requests after the first answer, {failed} failed; log: {work / 'serve.log'}")
     body = (
-        f"## First answer on a fresh machine\n\nCommand: `python bench/first_answer.py {' '.join(sys.argv[1:])}`. "
+        f"## First answer on a fresh machine\n\nCommand: `{command_line()}`. "
         "`llm4rec serve` started with no model, no index and an empty embedding cache; `/recommend` every "
         f"{1 / args.rate:.1f} s from the process start. Seconds from the start until each model version first "
         "answered (popularity alone, then content vectors, then the trained model, without and then with "

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 from schemathesis.python import asgi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def main() -> None:
         schemathesis_s = time.perf_counter() - t
         raw = hostile(client)  # raises listing every answer that was not a documented 4xx
     body = (
-        f"## API fuzzing\n\nCommand: `python bench/fuzz.py {' '.join(sys.argv[1:])}`. In process over ASGI "
+        f"## API fuzzing\n\nCommand: `{command_line()}`. In process over ASGI "
         "with the lifespan, the ml-latest-small model and index, two stages: Schemathesis (generated from the "
         f"app's own OpenAPI), {cases:,} cases over all 7 operations in {schemathesis_s:.0f} s; then hostile "
         f"JSON, {raw:,} raw requests (NaN, Infinity, 1e999, duplicate keys, 10k- and 1M-deep nesting, invalid "

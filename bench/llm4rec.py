@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import matplotlib
 import numpy as np
 import torch
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -248,7 +248,7 @@ def main() -> None:
     split = leave_one_out(data)
     seeds = [int(s) for s in args.seeds.split(",")]
     sections = set(args.sections.split(","))
-    command = f"Command: `python bench/llm4rec.py {' '.join(sys.argv[1:])}`\n"
+    command = f"Command: `{command_line()}`\n"
     first = None
     if "accuracy" in sections:
         text, first = accuracy(data, split, seeds, models)

@@ -10,13 +10,12 @@ Rewrites the `llm-rerank` section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 from tqdm import tqdm
 
 from models.scoring import HistoryBatch, pad_histories
@@ -66,7 +65,7 @@ def main() -> None:
         model_m.append(ndcg_hr(order, target))
         llm_m.append(ndcg_hr(promote(order, chosen), target))
     m, lm = np.mean(model_m, 0), np.mean(llm_m, 0)
-    body = (f"## LLM re-rank\n\nCommand: `python bench/llm_rerank.py {' '.join(sys.argv[1:])}`. "
+    body = (f"## LLM re-rank\n\nCommand: `{command_line()}`. "
             f"{len(rows)} random leave-one-out test users of `{args.model.name}` ({ck.data.name}); the model's top "
             f"{args.pool} (training items excluded), then Gemma 3 270M (base, Q4_K_M, in-process llama.cpp, "
             "2 threads) picks one under a GBNF grammar over the candidate numbers and it moves to rank 1.\n\n"

@@ -3,6 +3,8 @@ script owns its own part of the file."""
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
@@ -17,3 +19,8 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def command_line() -> str:
+    """How this bench was run, as a shell would re-run it (arguments quoted where they need it)."""
+    return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *map(shlex.quote, sys.argv[1:])])

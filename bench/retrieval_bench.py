@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 from tqdm import tqdm
 
 from models.splits import leave_one_out
@@ -184,7 +184,7 @@ def main() -> None:
     head = ["| items | query | engine | p50 ms | p99 ms | p50 vs torch | recall@10 of exact | queries |",
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     rows = [r for n in (int(s) for s in args.sizes.split(",")) for r in scale(n, args.queries)]
-    body = (f"## Retrieval\n\nCommand: `python bench/retrieval_bench.py {' '.join(sys.argv[1:])}`. Synthetic "
+    body = (f"## Retrieval\n\nCommand: `{command_line()}`. Synthetic "
             f"{DIM}-d vectors, 18 genres, top-10 per query, one thread for torch; qdrant-client local mode gets "
             "30 queries where it is slow.\n\n" + "\n".join(head + rows) + "\n")  # fmt: skip
     if not args.no_rag:

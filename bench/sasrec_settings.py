@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 
 from models.baselines.sasrec import SASRec, SASRecConfig
 from recdata import load_dataset
@@ -61,8 +61,7 @@ def main() -> None:
         ndcg = [r["NDCG@10"] for r in runs]
         lines.append(f"| {label} | {', '.join(f'{x:.4f}' for x in ndcg)} | {np.mean(ndcg):.4f} | "
                      f"{np.mean([r['HR@10'] for r in runs]):.4f} |")  # fmt: skip
-    body = (f"## SASRec-CE settings on {data.name}\n\nCommand: `python bench/sasrec_settings.py "
-            f"{' '.join(sys.argv[1:])}`\n\n" + "\n".join(lines) + "\n")  # fmt: skip
+    body = f"## SASRec-CE settings on {data.name}\n\nCommand: `{command_line()}`\n\n" + "\n".join(lines) + "\n"
     print(body)
     write_section(f"sasrec-settings-{data.name}", body)
 

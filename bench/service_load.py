@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,7 +198,7 @@ def main() -> None:
             "|---|---|---|---|---|---|---|"]  # fmt: skip
     stages = " · ".join(f"{k} {v:.2f} ms" for k, v in split.items())
     history = "in Redis" if args.redis else "in process"
-    body = (f"## Service load\n\nCommand: `python bench/service_load.py {' '.join(sys.argv[1:])}`. One uvicorn "
+    body = (f"## Service load\n\nCommand: `{command_line()}`. One uvicorn "
             f"worker (`python -m uvicorn service.app:create_app --factory`), embedded defaults, history {history}, "
             "`POST /recommend` with k = 10 and template explanations (RAG context on) for random known users; wrk "
             f"on the same 2-core machine ({args.duration} s per level).\n\n"

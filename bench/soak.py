@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -161,7 +161,7 @@ def main() -> None:
     total, errors = (sum(int(r.split("|")[i]) for r in rows[1:]) for i in (2, 4))
     head = ["| minute | requests | per s | errors | p50 ms | p95 ms | p99 ms | adapter version | RSS MiB |",
             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    body = (f"## Soak\n\nCommand: `python bench/soak.py {' '.join(sys.argv[1:])}`. `llm4rec serve` on the embedded "
+    body = (f"## Soak\n\nCommand: `{command_line()}`. `llm4rec serve` on the embedded "
             f"defaults (in-process learner adapting from the feedback), an open-loop generator (64 keep-alive "
             f"connections, latency from each request's scheduled time) ramping from 0 to {args.rate:.0f} "
             f"requests/s over {args.warmup:.0f} s, then {args.minutes} minutes at {args.rate:.0f} (90% "
