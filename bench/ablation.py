@@ -66,9 +66,9 @@ def main() -> None:
             store.write_text(json.dumps(kept, indent=1))  # after each cell: an interrupted run keeps its work
     text = table(kept)
     print(text)
-    body = (f"## Ablation on {data.name}\n\nCommand: `{command_line()}` "
-            "(full-ranking leave-one-out; mean ± sample std over the seeds listed per row; Δ is the mean "
-            "paired difference to the default model).\n\n" + text)  # fmt: skip
+    body = (f"## Ablation on {data.name}\n\nEvery (variant, seed) cell kept in `bench/results/{store.name}`; "
+            f"the latest command: `{command_line()}` (full-ranking leave-one-out; mean ± sample std over the "
+            "seeds listed per row; Δ is the mean paired difference to the default model).\n\n" + text)  # fmt: skip
     write_section(f"ablation-{data.name}", body)
 
 
