@@ -10,14 +10,13 @@ kept in bench/results/ablation-<dataset>.json, so `--variants` and `--seeds` re-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from markdown_sections import command_line, write_section
+from markdown_sections import command_line, keep_cell, load_cells, write_section
 
 from models.splits import leave_one_out
 from recdata import load_dataset
@@ -54,19 +53,17 @@ def main() -> None:
     args = p.parse_args()
     data = load_dataset(args.dataset)
     split = leave_one_out(data)
-    store = Path(__file__).resolve().parent / "results" / f"ablation-{data.name}.json"
-    kept: dict[str, dict[str, dict[str, float]]] = json.loads(store.read_text()) if store.exists() else {}
+    store = f"ablation-{data.name}"
+    kept = load_cells(store)
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = RunConfig(seed=seed, progress=False)
         for name in args.variants.split(","):
             metrics = run_ablation(data, split, [name], cfg, Path(".cache/text-embeddings"))[name]
-            kept.setdefault(name, {})[str(seed)] = metrics
+            keep_cell(store, kept, name, seed, metrics)
             print(f"{name} seed {seed}: NDCG@10 {metrics['NDCG@10']:.4f}", flush=True)
-            store.parent.mkdir(exist_ok=True)
-            store.write_text(json.dumps(kept, indent=1))  # after each cell: an interrupted run keeps its work
     text = table(kept)
     print(text)
-    body = (f"## Ablation on {data.name}\n\nEvery (variant, seed) cell kept in `bench/results/{store.name}`; "
+    body = (f"## Ablation on {data.name}\n\nEvery (variant, seed) cell kept in `bench/results/{store}.json`; "
             f"the latest command: `{command_line()}` (full-ranking leave-one-out; mean ± sample std over the "
             "seeds listed per row; Δ is the mean paired difference to the default model).\n\n" + text)  # fmt: skip
     write_section(f"ablation-{data.name}", body)

@@ -15,7 +15,6 @@ the table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import matplotlib
 import numpy as np
 import torch
-from markdown_sections import command_line, write_section
+from markdown_sections import command_line, keep_cell, load_cells, write_section
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -51,7 +50,6 @@ from training.report import markdown_table
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 CACHE = Path(".cache/text-embeddings")
-RESULTS = Path(__file__).resolve().parent / "results"
 KEYS = ("HR@10", "NDCG@10", "MRR", "Coverage@100", "LongTail@10", "ARP@10")
 
 
@@ -68,8 +66,8 @@ def mean_std(rows: list[dict[str, float]], key: str) -> str:
 def accuracy(data: RecDataset, split: Split, seeds: list[int], models: list[str]) -> tuple[str, TrainedLLM4Rec | None]:
     """Trains the listed models on each seed; the table reads every kept (model, seed) cell of these
     seeds, so the two models can be (re-)run separately."""
-    store = RESULTS / f"accuracy-{data.name}.json"
-    kept: dict[str, dict[str, dict[str, float]]] = json.loads(store.read_text()) if store.exists() else {}
+    store = f"accuracy-{data.name}"
+    kept = load_cells(store)
     first = None
     for seed in seeds:
         cfg = RunConfig(seed=seed, progress=False)
@@ -80,10 +78,8 @@ def accuracy(data: RecDataset, split: Split, seeds: list[int], models: list[str]
                 trained = train(data, split, seed)
                 first = first or trained
                 metrics = llm4rec_metrics(trained, split, cfg)
-            kept.setdefault(m, {})[str(seed)] = metrics
+            keep_cell(store, kept, m, seed, metrics)
             print(f"seed {seed}: {m} NDCG@10 {metrics['NDCG@10']:.4f}", flush=True)
-            store.parent.mkdir(exist_ok=True)
-            store.write_text(json.dumps(kept, indent=1))  # after each cell: an interrupted run keeps its work
     runs = {m: [kept[m][str(s)] for s in seeds if str(s) in kept.get(m, {})] for m in ("sasrec", "llm4rec")}
     lines = ["| model | HR@10 | NDCG@10 | MRR | train seconds | epochs to best |", "|---|---|---|---|---|---|"]
     for m, rows in runs.items():

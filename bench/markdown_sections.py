@@ -1,8 +1,9 @@
 """Rewrites one marked section of BENCHMARKS.md, leaving the others as they are, so each bench
-script owns its own part of the file."""
+script owns its own part of the file; keeps per-(row, seed) results the sections are built from."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -24,3 +25,20 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
 def command_line() -> str:
     """How this bench was run, as a shell would re-run it (arguments quoted where they need it)."""
     return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *map(shlex.quote, sys.argv[1:])])
+
+
+RESULTS = Path(__file__).resolve().parent / "results"
+Cells = dict[str, dict[str, dict[str, float]]]  # row (model or variant) -> seed -> metrics
+
+
+def load_cells(name: str) -> Cells:
+    """The kept (row, seed) results of bench/results/<name>.json: runs add to them cell by cell."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def keep_cell(name: str, cells: Cells, row: str, seed: int, metrics: dict[str, float]) -> None:
+    """Adds one cell and writes the store at once, so an interrupted run keeps its work."""
+    cells.setdefault(row, {})[str(seed)] = metrics
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(cells, indent=1))
