@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from common.adapter import Manifest, encode, sign  # noqa: E402
 from common.adapter_store import RedisAdapterStore  # noqa: E402
 from common.events import FeedbackEvent  # noqa: E402
+from models.adapter import AdapterView  # noqa: E402
 from tests.kafka_mock import MockKafka, mock_kafka, read_topic  # noqa: E402
 from tests.net import free_port, wait_http  # noqa: E402
 from training.experiment import checkpoint_version, open_checkpoint  # noqa: E402
@@ -234,8 +235,8 @@ def bad_adapters(model: Path) -> str:
     with stack(model, learner=False) as s:
         ck = open_checkpoint(model, CACHE)
         dim, n = ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0])
-        good = {"A": np.zeros((8, dim), np.float32), "B": np.zeros((dim, 8), np.float32),
-                "item_bias": np.full(n, 0.01, np.float32)}  # fmt: skip
+        good = AdapterView.identity(dim, ck.model.log_pop.numpy()).tensors()
+        good["item_bias"][:] = 0.01
         base = checkpoint_version(model)
 
         def fields(version: int, tensors: dict[str, np.ndarray], key: bytes, model_id: str = base) -> dict[str, bytes]:

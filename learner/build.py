@@ -16,6 +16,7 @@ from common.adapter_store import AdapterStore
 from common.settings import AdapterSettings
 from learner.metrics import LearnerMetrics
 from learner.pipeline import GuardConfig, Learner
+from learner.popularity import DecayedPopularity
 from learner.settings import LearnerSettings
 from learner.trainer import IMPLICIT, Example, OnlineConfig, OnlineTrainer
 from models.adapter import ServingAdapter
@@ -24,6 +25,7 @@ from retrieval.history import dataset_histories
 from training.checkpoint import load_serving_checkpoint
 
 log = structlog.get_logger()
+DAY_S = 86_400.0
 
 
 def training_examples(train: TrainData, n: int, seed: int = 0) -> list[Example]:
@@ -43,10 +45,14 @@ def build_learner(model_dir: Path, cache_dir: Path, store: AdapterStore, adapter
                   fisher_examples: int = 1024) -> Learner:  # fmt: skip
     ck = load_serving_checkpoint(model_dir, cache_dir)
     torch.manual_seed(0)
-    module = ServingAdapter(ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0]), adapter.rank)
-    trainer = OnlineTrainer(ck.model, module, online)
+    n = int(ck.model.log_pop.shape[0])
+    module = ServingAdapter(ck.model.config.fusion.dim, n, adapter.rank, ck.model.log_pop)
+    train_log = ck.train.log
+    pop = (DecayedPopularity.from_log(train_log.item, train_log.timestamp, n, online.popularity_half_life_days * DAY_S)
+           if online.popularity_half_life_days > 0 else None)  # fmt: skip
+    trainer = OnlineTrainer(ck.model, module, online, pop)
     examples = training_examples(ck.train, fisher_examples)
-    trainer.fit_fisher([examples[i : i + 64] for i in range(0, len(examples), 64)])
+    trainer.fit_fisher([examples[i : i + 64] for i in range(0, len(examples), 64)], ck.train.popularity()[:n])
     index = {x: i for i, x in enumerate(ck.data.item_ids)}
     histories = {u: [index[i] for i, _ in h] for u, h in dataset_histories(ck.data).items()}
     return Learner(trainer, ck.data.item_ids, histories, store, ck.version, adapter.key(), metrics, guard)

@@ -123,6 +123,7 @@ class Learner:
         try:
             if train:
                 self._record(await anyio.to_thread.run_sync(self.trainer.step, train))
+            self.trainer.observe(*_positives(events, self.item_index))
             ids = [e.event_id for e in events]
             if await anyio.to_thread.run_sync(self._passes_guard, list(holdout)):
                 version: int | None = await self._publish(ids)
@@ -177,6 +178,12 @@ class Learner:
         self.metrics.version.set(version)
         log.info("adapter_published", version=version, events=len(event_ids))
         return version
+
+
+def _positives(events: Sequence[FeedbackEvent], index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Items and timestamps of the known items' positive events (what popularity counts)."""
+    pairs = [(index[e.item_id], e.timestamp or time.time()) for e in events if e.is_positive and e.item_id in index]
+    return np.array([i for i, _ in pairs], np.int64), np.array([t for _, t in pairs], np.float64)
 
 
 def _held_out(event_id: str, every: int) -> bool:

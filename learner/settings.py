@@ -35,6 +35,10 @@ class OnlineSettings(BaseModel):
     history_len: int = Field(50, ge=1, le=1000)  # the learner's cost is linear in it
     refresh_every: int = Field(5, ge=1)
     negatives: int = Field(1024, ge=0)
+    adapter_updates: bool = True
+    item_updates: bool = True
+    lambda_item: float = Field(1.0, ge=0)
+    popularity_half_life_days: float = Field(180.0, ge=0)  # 0: training-time popularity, fixed
 
     def to_config(self) -> OnlineConfig:
         return OnlineConfig(**self.model_dump())

@@ -11,6 +11,13 @@
 - Elastic Weight Consolidation (eq. 33; Kirkpatrick et al. 2017), online variant (Schwarz et al. 2018):
   lambda/2 * sum F (theta - theta*)^2 with a diagonal Fisher F estimated on the training data, kept as a
   running average of squared gradients, and the anchor theta* refreshed every `consolidate_every` events.
+- Item-side learning: the corrections of the items' served vectors are trained too, row by row (eq. 29-30
+  per item: s_i = |g_i| / max_j |g_j|), and consolidated differently from the adapter: their anchor is
+  always the trained vectors (delta = 0) and their Fisher is the training data's and never decays into
+  the stream's. Per item it is n_i * E[(1 - p)^2 u^2], the summed Fisher of the n_i training events whose
+  target it was (the other events' terms are smaller by p^2): an item the training data knew well moves
+  little, a rarely seen or new item follows its clicks.
+- Streaming popularity (`learner.popularity`): the eq. 15 term reads a time-decayed count.
 - A non-finite loss or gradient skips the step and is counted.
 """
 
@@ -23,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from learner.popularity import DecayedPopularity
 from models.adapter import ServingAdapter
 from models.llm4rec import LLM4Rec
 from models.scoring import pad_histories
@@ -46,6 +54,10 @@ class OnlineConfig:
     history_len: int  # newest items the user model reads in the learner
     refresh_every: int  # a user's frozen-model vector is recomputed once their history grew by this much
     negatives: int  # sampled-softmax negatives per step (0: full softmax)
+    adapter_updates: bool  # train the user-side map and the item biases
+    item_updates: bool  # train the item-vector corrections
+    lambda_item: float  # EWC weight of the item corrections
+    popularity_half_life_days: float  # 0: the training-time popularity, fixed
 
 
 @dataclass(frozen=True)
@@ -71,25 +83,40 @@ class StepStats:
 
 @dataclass(frozen=True)
 class Snapshot:
-    params: dict[str, torch.Tensor]
+    adapter: dict[str, torch.Tensor]
     velocity: dict[str, torch.Tensor]
     fisher: dict[str, torch.Tensor]
     anchor: dict[str, torch.Tensor]
     loss_var: dict[str, float]
     events_since_anchor: int
+    popularity: tuple[np.ndarray, float | None] | None
 
 
 def _clone(d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in d.items()}
 
 
+def _importance(g: torch.Tensor, tau: float, rows: bool) -> torch.Tensor:
+    """Eq. 29-30's selection mask: entries (or, with `rows`, whole rows by their norm) whose gradient is
+    at least tau times the largest."""
+    s = g.norm(dim=1, keepdim=True) if rows else g.abs()
+    return (s >= tau * s.max().clamp(min=1e-12)).to(g.dtype).expand_as(g)
+
+
 class OnlineTrainer:
-    def __init__(self, model: LLM4Rec, adapter: ServingAdapter, config: OnlineConfig) -> None:
+    def __init__(self, model: LLM4Rec, adapter: ServingAdapter, config: OnlineConfig,
+                 popularity: DecayedPopularity | None = None) -> None:  # fmt: skip
         self.model, self.adapter, self.config = model.eval(), adapter, config
         with torch.no_grad():
             self.items = model.item_vectors()[0].detach().clone()  # (N, D) fixed between re-trainings; own copy
-            self.pop = model.popularity_term(model.serve_gamma).detach()  # (N,)
-        self.params = dict(adapter.named_parameters())
+        on = model.config.pop_deconfound
+        self.gamma = 0.0 if not on else float(model.gamma if model.serve_gamma is None else model.serve_gamma)
+        self.popularity = popularity
+        if popularity is not None:
+            self._publish_popularity()
+        learnt = {"A": config.adapter_updates, "B": config.adapter_updates, "item_bias": config.adapter_updates,
+                  "item_delta": config.item_updates}  # fmt: skip
+        self.params = {k: p for k, p in adapter.named_parameters() if learnt[k]}
         self.velocity = {k: torch.zeros_like(p) for k, p in self.params.items()}
         self.fisher = {k: torch.zeros_like(p) for k, p in self.params.items()}
         self.anchor = {k: p.detach().clone() for k, p in self.params.items()}
@@ -134,11 +161,12 @@ class OnlineTrainer:
         rows = torch.arange(len(batch))
         N, K = self.items.shape[0], self.config.negatives
         if full or K <= 0 or N <= 2 * K:
-            logp = torch.log_softmax(u @ self.items.T + a.item_bias + self.pop, dim=1)  # (B, N)
+            logp = torch.log_softmax(u @ (self.items + a.item_delta).T + a.item_bias + self.gamma * a.log_pop, dim=1)
             lp, norm = logp[rows, idx], math.log(N)
         else:
             cand = torch.cat([idx, torch.randint(N, (K,))])  # (B + K,): every target is everyone's candidate
-            logits = u @ self.items[cand].T + a.item_bias[cand] + self.pop[cand]  # (B, B + K)
+            v = self.items[cand] + a.item_delta[cand]
+            logits = u @ v.T + a.item_bias[cand] + self.gamma * a.log_pop[cand]  # (B, B + K)
             # uniform sampling: a negative stands for N / K items (logQ); targets enter once, exactly
             logits = logits + torch.cat([torch.zeros(len(batch)), torch.full((K,), math.log(N / K))])
             clash = (cand.unsqueeze(0) == idx.unsqueeze(1)) & ~torch.eye(len(batch), len(cand), dtype=torch.bool)
@@ -153,6 +181,8 @@ class OnlineTrainer:
 
     def step(self, batch: Sequence[Example]) -> StepStats:
         c = self.config
+        if not self.params:
+            return StepStats(0.0, 0.0, 0.0, 0.0, True)
         per, entropy = self.losses(batch)
         if not torch.isfinite(per).all():
             self.skipped += 1
@@ -162,9 +192,12 @@ class OnlineTrainer:
         data_grads = torch.autograd.grad(data_loss, list(self.params.values()))
         with torch.no_grad():
             drift = {k: p - self.anchor[k] for k, p in self.params.items()}
-            ewc = sum(((self.fisher[k] * d**2).sum() for k, d in drift.items()), torch.zeros(()))
-            # the EWC term's gradient in closed form: lambda * F * (theta - theta*)
-            grads = [g + c.lambda_ewc * self.fisher[k] * drift[k] for k, g in zip(self.params, data_grads, strict=True)]
+            ewc = sum(((self._lambda(k) * self.fisher[k] * d**2).sum() for k, d in drift.items()), torch.zeros(()))
+            # the EWC term's gradient in closed form: lambda * F * (theta - theta*); the items' is applied
+            # as a proximal step instead (below): their Fisher grows with training counts, and an explicit
+            # step diverges once lr * lambda * F > 2
+            grads = [g if k == "item_delta" else g + c.lambda_ewc * self.fisher[k] * drift[k]
+                     for k, g in zip(self.params, data_grads, strict=True)]  # fmt: skip
         if not torch.isfinite(data_loss) or any(not torch.isfinite(g).all() for g in grads):
             self.skipped += 1
             return StepStats(float("nan"), float(ewc), 0.0, 0.0, True)  # e.g. an exploding EWC pull
@@ -172,13 +205,30 @@ class OnlineTrainer:
         moved = total = 0
         with torch.no_grad():
             for (k, p), g, gd in zip(self.params.items(), grads, data_grads, strict=True):
-                mask = (g.abs() >= c.importance_threshold * g.abs().max().clamp(min=1e-12)).to(g.dtype)
+                mask = _importance(g, c.importance_threshold, rows=k == "item_delta")
                 self.velocity[k].mul_(c.momentum).add_(g * mask)
                 p.sub_(lr * self.velocity[k] * mask)
-                self.fisher[k].mul_(c.fisher_decay).add_((1 - c.fisher_decay) * gd**2)
+                if k == "item_delta":  # argmin_x |x - p|^2 / 2lr + lambda F x^2 / 2 (anchor 0), moved rows only
+                    p.div_(1 + lr * c.lambda_item * self.fisher[k] * mask)
+                else:  # the items' Fisher stays the training data's
+                    self.fisher[k].mul_(c.fisher_decay).add_((1 - c.fisher_decay) * gd**2)
                 moved, total = moved + int(mask.sum()), total + mask.numel()
         self._maybe_consolidate(len(batch))
         return StepStats(float(data_loss.detach()), float(ewc), lr, moved / max(total, 1), False)
+
+    def _lambda(self, name: str) -> float:
+        return self.config.lambda_item if name == "item_delta" else self.config.lambda_ewc
+
+    def observe(self, items: np.ndarray, timestamps: np.ndarray) -> None:
+        """Count positive events into the streaming popularity (no-op when it is off)."""
+        if self.popularity is not None and len(items):
+            self.popularity.add(items, timestamps)
+            self._publish_popularity()
+
+    def _publish_popularity(self) -> None:
+        assert self.popularity is not None
+        with torch.no_grad():
+            self.adapter.log_pop.copy_(torch.from_numpy(self.popularity.log1p(len(self.adapter.log_pop))))
 
     def _reliability(self, batch: Sequence[Example], per: torch.Tensor) -> torch.Tensor:
         """Eq. 31-32: inverse running loss variance per feedback group, mean 1 over present groups."""
@@ -193,21 +243,33 @@ class OnlineTrainer:
         return torch.tensor([inv[g] / mean for g in groups])
 
     def _maybe_consolidate(self, n: int) -> None:
+        """The adapter's anchor moves to where it is; the items' stays at the trained vectors."""
         self.events_since_anchor += n
         if self.events_since_anchor >= self.config.consolidate_every:
-            self.anchor = {k: p.detach().clone() for k, p in self.params.items()}
+            self.anchor = {k: a if k == "item_delta" else self.params[k].detach().clone()
+                           for k, a in self.anchor.items()}  # fmt: skip
             self.events_since_anchor = 0
 
-    def fit_fisher(self, batches: Sequence[Sequence[Example]]) -> None:
+    def fit_fisher(self, batches: Sequence[Sequence[Example]], item_counts: np.ndarray | None = None) -> None:
         """The diagonal Fisher of the next-item loss on training examples: EWC's notion of what the
-        adapter must not forget."""
+        adapter must not forget. The items' rows: `item_counts` (N,) training events per item times the
+        examples' mean (1 - p_target)^2 u^2 (the module docstring says why)."""
         acc = {k: torch.zeros_like(p) for k, p in self.params.items()}
+        target_term = torch.zeros(self.items.shape[1])
+        n = 0
         for batch in batches:
             per, _ = self.losses(batch)
             for (k, _), g in zip(self.params.items(), torch.autograd.grad(per.mean(), list(self.params.values())),
                                  strict=True):  # fmt: skip
                 acc[k] += g.detach() ** 2
+            with torch.no_grad():
+                u = self.adapter.user(self.base_users([e.history for e in batch]))
+                target_term += ((1 - (-per.detach()).exp()).unsqueeze(1) ** 2 * u**2).sum(0)
+                n += len(batch)
         self.fisher = {k: v / max(len(batches), 1) for k, v in acc.items()}
+        if "item_delta" in self.fisher:
+            counts = torch.zeros(self.items.shape[0]) if item_counts is None else torch.from_numpy(item_counts).float()
+            self.fisher["item_delta"] = counts.unsqueeze(1) * (target_term / max(n, 1))
 
     def evaluate(self, batch: Sequence[Example], adapter: ServingAdapter | None = None) -> float:
         """Mean loss without updating (the publishing guardrail's yardstick)."""
@@ -218,16 +280,18 @@ class OnlineTrainer:
         return float(per.mean())
 
     def snapshot(self) -> Snapshot:
-        """Everything a step changes, to undo it when its publish fails."""
-        return Snapshot(_clone(self.params), _clone(self.velocity), _clone(self.fisher), _clone(self.anchor),
-                        dict(self.loss_var), self.events_since_anchor)  # fmt: skip
+        """Everything a step or an observation changes, to undo them when their publish fails."""
+        pop = self.popularity
+        counts = None if pop is None else (pop.counts.copy(), pop.t)
+        return Snapshot(_clone(self.adapter.state_dict()), _clone(self.velocity), _clone(self.fisher),
+                        _clone(self.anchor), dict(self.loss_var), self.events_since_anchor, counts)  # fmt: skip
 
     def restore(self, snap: Snapshot) -> None:
-        with torch.no_grad():
-            for k, v in snap.params.items():
-                self.params[k].copy_(v)
+        self.adapter.load_state_dict(snap.adapter)
         self.velocity, self.fisher, self.anchor = _clone(snap.velocity), _clone(snap.fisher), _clone(snap.anchor)
         self.loss_var, self.events_since_anchor = dict(snap.loss_var), snap.events_since_anchor
+        if self.popularity is not None and snap.popularity is not None:
+            self.popularity.counts, self.popularity.t = snap.popularity[0].copy(), snap.popularity[1]
 
     def state(self) -> dict[str, np.ndarray]:
         return self.adapter.tensors()

@@ -1,9 +1,12 @@
-"""The serving adapter that the streaming learner trains (paper eq. 26-33 act on it), kept small so
-an update is cheap to ship and safe to swap: a low-rank correction of the user vector plus a bias per
-item. The base model and the indexed item vectors stay fixed between full re-trainings.
+"""The serving adapter that the streaming learner trains (paper eq. 26-33 act on it), kept small enough
+to ship and swap on every update: a low-rank correction of the user vector, a bias and a vector
+correction per item, and the popularity the eq. 15 term reads. The base model stays fixed between full
+re-trainings; the item corrections and the popularity are written into the live index, so retrieval
+serves what was learnt.
 
     u' = u + B (A u)            A: (r, D), B: (D, r), B starts at zero so a fresh adapter is the identity
-    s(u, i) = u' . v_i + b_i + gamma * log(1 + pop_i)
+    v'_i = v_i + delta_i        delta starts at zero
+    s(u, i) = u' . v'_i + b_i + gamma * log_pop_i       log_pop starts as the model's log(1 + pop)
 """
 
 from __future__ import annotations
@@ -14,19 +17,23 @@ from torch import nn
 
 
 class ServingAdapter(nn.Module):
-    def __init__(self, dim: int, num_items: int, rank: int = 8) -> None:
+    log_pop: torch.Tensor
+
+    def __init__(self, dim: int, num_items: int, rank: int = 8, log_pop: torch.Tensor | None = None) -> None:
         super().__init__()
         self.A = nn.Parameter(torch.randn(rank, dim) / dim**0.5)
         self.B = nn.Parameter(torch.zeros(dim, rank))
         self.item_bias = nn.Parameter(torch.zeros(num_items))
+        self.item_delta = nn.Parameter(torch.zeros(num_items, dim))
+        self.register_buffer("log_pop", torch.zeros(num_items) if log_pop is None else log_pop.detach().float().clone())
 
     def user(self, u: torch.Tensor) -> torch.Tensor:
         """u: (..., D) -> (..., D)."""
         return u + (u @ self.A.T) @ self.B.T
 
-    def scores(self, u: torch.Tensor, items: torch.Tensor, pop_term: torch.Tensor) -> torch.Tensor:
-        """u: (B, D), items: (N, D), pop_term: (N,) -> (B, N)."""
-        return self.user(u) @ items.T + self.item_bias + pop_term
+    def scores(self, u: torch.Tensor, items: torch.Tensor, gamma: float) -> torch.Tensor:
+        """u: (B, D), items: (N, D) the base model's vectors -> (B, N)."""
+        return self.user(u) @ (items + self.item_delta).T + self.item_bias + gamma * self.log_pop
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy().astype(np.float32) for k, v in self.state_dict().items()}
@@ -36,7 +43,8 @@ class ServingAdapter(nn.Module):
 
     @staticmethod
     def shapes(dim: int, num_items: int, rank: int = 8) -> dict[str, tuple[int, ...]]:
-        return {"A": (rank, dim), "B": (dim, rank), "item_bias": (num_items,)}
+        return {"A": (rank, dim), "B": (dim, rank), "item_bias": (num_items,), "item_delta": (num_items, dim),
+                "log_pop": (num_items,)}  # fmt: skip
 
 
 class AdapterView:
@@ -45,13 +53,30 @@ class AdapterView:
     def __init__(self, version: int, tensors: dict[str, np.ndarray]) -> None:
         self.version = version
         self.A, self.B, self.item_bias = tensors["A"], tensors["B"], tensors["item_bias"]
+        self.item_delta, self.log_pop = tensors["item_delta"], tensors["log_pop"]
         self.has_bias = bool(np.any(self.item_bias))
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Copies of the published tensors (what a test or a bench republishes, altered)."""
+        return {k: v.copy() for k, v in {"A": self.A, "B": self.B, "item_bias": self.item_bias,
+                                         "item_delta": self.item_delta, "log_pop": self.log_pop}.items()}  # fmt: skip
 
     def user(self, u: np.ndarray) -> np.ndarray:
         out: np.ndarray = u + self.B @ (self.A @ u)
         return out
 
+    def item_rows(self, vectors: np.ndarray) -> np.ndarray:
+        """(N, D + 1) index rows: the base model's item vectors (popularity coordinate last) as this
+        version corrects them."""
+        n = len(self.log_pop)
+        out = vectors.copy()
+        out[:n, :-1] += self.item_delta
+        out[:n, -1] = self.log_pop
+        return out
+
     @staticmethod
-    def identity(dim: int, num_items: int, rank: int = 8) -> AdapterView:
+    def identity(dim: int, log_pop: np.ndarray, rank: int = 8) -> AdapterView:
+        n = len(log_pop)
         return AdapterView(0, {"A": np.zeros((rank, dim), np.float32), "B": np.zeros((dim, rank), np.float32),
-                               "item_bias": np.zeros(num_items, np.float32)})  # fmt: skip
+                               "item_bias": np.zeros(n, np.float32), "item_delta": np.zeros((n, dim), np.float32),
+                               "log_pop": np.asarray(log_pop, np.float32)})  # fmt: skip

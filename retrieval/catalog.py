@@ -8,6 +8,7 @@ their id has no trained embedding, so fusion builds them from text, categories a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from retrieval.index import IndexEngine, Payload, VectorIndex
 from training.features import FeatureOptions, item_inputs, item_texts
 
 ITEMS = "items"
+CORRECTION_TOLERANCE = 0.01
 INDEXED_FIELDS = {"categories": "keyword", "year": "float"}
 
 
@@ -171,6 +173,7 @@ class Catalogue:
     vectors: np.ndarray  # (N, D + 1) as indexed: item vector plus the popularity coordinate
     payloads: list[Payload]  # (N,) the index's payloads, read once: searches skip converting them
     source: ItemVectors
+    served: np.ndarray = field(init=False)  # (N, D + 1) as the index holds them now: with the learner's corrections
     item_index: dict[str, int] = field(init=False)  # external item id -> internal id
     titles: list[str] = field(init=False)
     aspects: list[tuple[str, ...]] = field(init=False)  # per item: its categorical values (genres)
@@ -179,6 +182,8 @@ class Catalogue:
     def __post_init__(self) -> None:
         self._derive(self.data)
         self.item_index = {x: i for i, x in enumerate(self.data.item_ids)}
+        self.served = self.vectors.copy()
+        self._lock = threading.Lock()  # additions and corrections both write the index and `served`
 
     def _derive(self, data: RecDataset) -> None:
         self.titles = list(data.titles())
@@ -194,11 +199,27 @@ class Catalogue:
         ids = list(range(self.data.num_items, grown.num_items))
         vectors = self.source.grow(grown, self.vectors)
         payloads = item_payloads(grown, np.zeros(0), ids)
-        self.vectors, self.data, self.payloads = vectors, grown, self.payloads + payloads
-        self._derive(grown)
-        self.index.upsert(ids, vectors[ids], payloads)
+        with self._lock:
+            self.vectors, self.data, self.payloads = vectors, grown, self.payloads + payloads
+            self.served = np.concatenate([self.served, vectors[len(self.served) :]])
+            self._derive(grown)
+            self.index.upsert(ids, vectors[ids], payloads)
         self.item_index = {**self.item_index, **{grown.item_ids[i]: i for i in ids}}
         return [grown.item_ids[i] for i in ids]
+
+    def correct(self, rows: Callable[[np.ndarray], np.ndarray], tolerance: float = CORRECTION_TOLERANCE) -> int:
+        """Write the learner's corrected rows (`rows(vectors)`: (N, D + 1) from the base rows) into the
+        index where they differ from what it holds by more than `tolerance` in any coordinate; returns
+        how many points were upserted. Decay moves every popularity a little all the time: the tolerance
+        bounds how stale a point may get without rewriting the catalogue on every version."""
+        with self._lock:
+            new = rows(self.vectors)
+            changed = np.flatnonzero(np.abs(new - self.served).max(axis=1) > tolerance)
+            for lo in range(0, len(changed), 1024):
+                ids = changed[lo : lo + 1024]
+                self.index.upsert(ids.tolist(), new[ids], [self.payloads[i] for i in ids])
+                self.served[ids] = new[ids]
+        return len(changed)
 
 
 def read_payloads(index: VectorIndex, n: int, chunk: int = 2048) -> list[Payload]:

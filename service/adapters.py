@@ -1,9 +1,18 @@
 """Hot swap of the learner's adapter, version-gated (as Gorse swaps models by id): the service loads a
 version only if it is newer than the one it serves, its signature verifies, it was trained for this
-base model and its shapes match; then it replaces one reference, so a request reads either the old
-adapter or the new one, never half of each. A refused version is counted by reason and never retried;
-the last good adapter keeps serving. Notices arrive on Redis pub/sub (or the in-process store's event);
-a poll every `poll_s` covers notices lost while Redis was away.
+base model and its shapes match. It then writes the version's item rows (corrected vectors and
+streaming popularity) into the index where they moved, and only then replaces the one reference that
+requests read the user-side map and item biases from.
+
+What a request sees while the rows are being written: each point is upserted whole, so an item scores
+with its old row or its new one, next to the old version's user map. One version's step moves few
+rows by a learning rate's worth (importance-selected, momentum SGD), so a ranking that mixes two
+consecutive versions' rows is one the learner passed through on its way. If the index refuses the
+write, the old version keeps serving and the next poll tries again.
+
+A refused version is counted by reason and never retried; the last good adapter keeps serving. Notices
+arrive on Redis pub/sub (or the in-process store's event); a poll every `poll_s` covers notices lost
+while Redis was away.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import anyio
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -20,6 +30,7 @@ from tenacity import RetryCallState, retry, retry_if_exception_type, wait_expone
 from common.adapter import AdapterRejectedError, channel, decode
 from common.adapter_store import AdapterStore, MemoryAdapterStore
 from models.adapter import AdapterView
+from retrieval.catalog import Catalogue
 from service.metrics import Metrics
 
 log = structlog.get_logger()
@@ -33,11 +44,11 @@ def _log_resubscribe(state: RetryCallState) -> None:
 
 class AdapterWatcher:
     def __init__(self, store: AdapterStore, key: bytes | None, base_model: str, shapes: dict[str, tuple[int, ...]],
-                 metrics: Metrics, poll_s: float = 1.0) -> None:  # fmt: skip
+                 metrics: Metrics, catalogue: Catalogue, poll_s: float = 1.0) -> None:  # fmt: skip
         self.store, self.key, self.base_model, self.shapes = store, key, base_model, shapes
-        self.metrics, self.poll_s = metrics, poll_s
-        dim, rank = shapes["B"][0], shapes["A"][0]
-        self.current = AdapterView.identity(dim, shapes["item_bias"][0], rank)
+        self.metrics, self.poll_s, self.catalogue = metrics, poll_s, catalogue
+        dim, rank, n = shapes["B"][0], shapes["A"][0], shapes["item_bias"][0]
+        self.current = AdapterView.identity(dim, catalogue.vectors[:n, -1], rank)
         self.rejected: set[int] = set()
         self.notice = asyncio.Event()
 
@@ -63,7 +74,15 @@ class AdapterWatcher:
             self.metrics.adapter_rejections.labels(e.reason).inc()
             log.warning("adapter_rejected", version=version, reason=e.reason, detail=str(e))
             return False
-        self.current = AdapterView(manifest.version, tensors)  # the one reference requests read
+        view = AdapterView(manifest.version, tensors)
+        try:
+            moved = await anyio.to_thread.run_sync(self.catalogue.correct, view.item_rows)
+        except Exception as e:  # index unreachable: keep serving the old version, retry at the next poll
+            self.metrics.dependency_errors.labels("index").inc()
+            log.warning("adapter_items_not_indexed", version=version, error=str(e))
+            return False
+        self.current = view  # the one reference requests read
+        self.metrics.items_corrected.inc(moved)
         self.metrics.adapter_swaps.inc()
         self.metrics.adapter_version.set(manifest.version)
         log.info("adapter_swapped", version=manifest.version, events_seen=manifest.events_seen)

@@ -62,6 +62,8 @@ class Metrics:
                                          ["dependency"], registry=r)  # fmt: skip
         self.adapter_version = Gauge("recsys_adapter_version", "Adapter version being served", registry=r)
         self.adapter_swaps = Counter("recsys_adapter_swaps_total", "Adapter hot swaps", registry=r)
+        self.items_corrected = Counter("recsys_items_corrected_total",
+                                       "Index points rewritten with learnt item rows", registry=r)  # fmt: skip
         self.adapter_rejections = Counter("recsys_adapter_rejections_total", "Adapters refused, by reason",
                                           ["reason"], registry=r)  # fmt: skip
         self.rate_limited = Counter("recsys_rate_limited_total", "Write requests refused with 429", registry=r)

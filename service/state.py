@@ -243,7 +243,8 @@ async def _recommender(
     watcher, task = None, None
     if c.base_model is not None:
         shapes = ServingAdapter.shapes(c.base_model.dim, c.base_model.trained_items, s.adapter.rank)
-        watcher = AdapterWatcher(store, s.adapter.key(), c.model_version, shapes, metrics, s.adapter.poll_s)
+        watcher = AdapterWatcher(store, s.adapter.key(), c.model_version, shapes, metrics, c.catalogue,
+                                 s.adapter.poll_s)  # fmt: skip
         await watcher.refresh()
         task = asyncio.create_task(watcher.run(redis, s.adapter.prefix))
     recommender = Recommender(c, history, explainer, reranker=reranker, rerank_pool=s.rerank.pool,

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
@@ -103,7 +104,7 @@ async def test_bad_adapters_in_redis_are_refused_and_serving_continues(settings:
         redis = Redis.from_url(REDIS_URL)
         store = RedisAdapterStore(redis, a.prefix)
         watcher = app_state(app).recommender.adapters
-        good = {k: v.copy() for k, v in vars(watcher.current).items() if k in ("A", "B", "item_bias")}
+        good = watcher.current.tensors()
         good["item_bias"][:] = 0.01
         shapes = {k: list(v.shape) for k, v in good.items()}
 
@@ -133,6 +134,35 @@ async def test_bad_adapters_in_redis_are_refused_and_serving_continues(settings:
         await redis.aclose()
 
 
+async def test_a_published_item_correction_is_served_through_the_index(settings: Settings, prefix: str) -> None:
+    """The learner's item rows reach retrieval: a version that moves one item onto the user's own vector
+    (and raises its popularity) puts it first in that user's next list; the rows that did not move are
+    not rewritten."""
+    a = AdapterSettings(prefix=prefix + "adapter:", signing_key="sign", poll_s=0.2)  # type: ignore[arg-type]
+    async with serve(with_(settings, adapter=a)) as (client, app):
+        state = app_state(app)
+        watcher, cat = state.recommender.adapters, state.recommender.c.catalogue
+        first = await client.post("/recommend", json={"user_id": "u1", "k": 10, "explain": False})
+        listed = {it["item_id"] for it in first.json()["items"]}
+        history = [cat.item_index[i] for i, _ in await state.history.recent("u1", 200)]
+        target = next(i for i in range(40) if cat.data.item_ids[i] not in listed and i not in history)
+        user = state.recommender.c.model.encode(history)
+        moved = 2 * np.linalg.norm(cat.vectors[:, :-1], axis=1).max() * user / np.linalg.norm(user)
+        tensors = watcher.current.tensors()
+        tensors["item_delta"][target] = moved - cat.vectors[target, :-1]
+        tensors["log_pop"][target] += 1.0
+        shapes = {k: list(v.shape) for k, v in tensors.items()}
+        redis = Redis.from_url(REDIS_URL)
+        await RedisAdapterStore(redis, a.prefix).publish(1, encode(tensors, Manifest(1, watcher.base_model, shapes, 1),
+                                                                   b"sign"), [])  # fmt: skip
+        await redis.aclose()
+        await until(lambda: watcher.current.version == 1, 10)
+        r = await client.post("/recommend", json={"user_id": "u1", "k": 10, "explain": False})
+        assert r.json()["items"][0]["item_id"] == f"m{target}"
+        assert state.metrics.registry.get_sample_value("recsys_items_corrected_total") == 1
+        np.testing.assert_allclose(cat.served[target, :-1], moved, rtol=1e-5, atol=1e-5)
+
+
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
     """A private redis-server that a test may kill and start again on the same port."""
@@ -159,7 +189,7 @@ async def test_a_redis_restart_keeps_the_last_adapter_and_reconnects(settings: S
     a = AdapterSettings(signing_key="sign", poll_s=0.2)  # type: ignore[arg-type]
     async with serve(with_(settings, redis_url=url, adapter=a)) as (client, app):
         watcher = app_state(app).recommender.adapters
-        tensors = {k: v.copy() for k, v in vars(watcher.current).items() if k in ("A", "B", "item_bias")}
+        tensors = watcher.current.tensors()
         shapes = {k: list(v.shape) for k, v in tensors.items()}
 
         async def publish(version: int) -> None:

@@ -13,7 +13,7 @@ from tests.conftest import SmallTrained
 
 def _trainer(st: SmallTrained, **config: float) -> OnlineTrainer:
     torch.manual_seed(0)
-    adapter = ServingAdapter(st.model.config.fusion.dim, st.data.num_items, rank=4)
+    adapter = ServingAdapter(st.model.config.fusion.dim, st.data.num_items, rank=4, log_pop=st.model.log_pop)
     return OnlineTrainer(st.model, adapter, OnlineSettings(**config).to_config())
 
 
@@ -25,7 +25,7 @@ def _romance_binge(user_history: list[int], n: int = 32) -> list[Example]:
 
 def _romance_rank(t: OnlineTrainer, history: list[int]) -> float:
     with torch.no_grad():
-        s = t.adapter.scores(t.base_users([np.asarray(history)]), t.items, t.pop)[0]
+        s = t.adapter.scores(t.base_users([np.asarray(history)]), t.items, t.gamma)[0]
     order = torch.argsort(s, descending=True).tolist()
     return float(np.mean([order.index(i) for i in range(20, 40)]))
 
@@ -81,3 +81,55 @@ def test_noisier_feedback_groups_weigh_less(small_trained: SmallTrained) -> None
     w = t._reliability(batch, torch.tensor([0.0, 0.0]))
     assert float(w[1]) > float(w[0])
     assert abs(float(w.mean()) - 1.0) < 1e-6
+
+
+def _rank_of(t: OnlineTrainer, history: list[int], item: int) -> int:
+    with torch.no_grad():
+        s = t.adapter.scores(t.base_users([np.asarray(history)]), t.items, t.gamma)[0]
+    return int((s > s[item]).sum())
+
+
+def test_item_updates_lift_a_clicked_item_for_users_like_its_clickers(small_trained: SmallTrained) -> None:
+    """Only the item side learns here: the user map is off. Space fans click one romance (item 25);
+    it rises for another space fan, and no user-side parameter moved."""
+    t = _trainer(small_trained, adapter_updates=False, lambda_item=0.0)
+    assert set(t.params) == {"item_delta"}
+    fans = [[1, 3, 5, 7], [3, 5, 9, 11], [1, 9, 13, 15], [5, 7, 11, 17]]
+    before = _rank_of(t, [1, 5, 11, 13], 25)
+    for _ in range(20):
+        t.step([Example(np.asarray(h), 25, IMPLICIT, 1.0, 0.0) for h in fans])
+    assert _rank_of(t, [1, 5, 11, 13], 25) < before - 5
+    moved = t.adapter.item_delta.detach().norm(dim=1)
+    assert moved[25] == moved.max()
+    assert float(t.adapter.B.detach().abs().sum()) == 0.0
+
+
+def test_the_items_fisher_follows_their_training_counts_and_holds_known_items(small_trained: SmallTrained) -> None:
+    """EWC anchors items to their trained vectors with the training data's Fisher: an item the training
+    data saw often moves less under the same clicks than one it never saw."""
+    t = _trainer(small_trained, adapter_updates=False, lambda_item=1.0)
+    counts = np.zeros(small_trained.data.num_items)
+    counts[25] = 10_000.0
+    t.fit_fisher([_romance_binge([0, 3, 5], 16)], counts)
+    f = t.fisher["item_delta"]
+    assert float(f[25].sum()) > 0
+    assert float(f[26].abs().sum()) == 0.0
+    batch = [Example(np.asarray([1, 3, 5, 7]), i, IMPLICIT, 1.0, 0.0) for i in (25, 26) for _ in range(4)]
+    for _ in range(20):
+        t.step(batch)
+    moved = t.adapter.item_delta.detach().norm(dim=1)
+    assert moved[25] < 0.5 * moved[26]
+
+
+def test_streaming_popularity_moves_the_popularity_term(small_trained: SmallTrained) -> None:
+    from learner.popularity import DecayedPopularity
+
+    t = _trainer(small_trained)
+    log = small_trained.train.log
+    t.popularity = DecayedPopularity.from_log(log.item, log.timestamp, small_trained.data.num_items, 30 * 86_400.0)
+    snap = t.snapshot()
+    before = t.adapter.log_pop.clone()
+    t.observe(np.array([7] * 50), np.full(50, float(log.timestamp.max())))
+    assert float(t.adapter.log_pop[7]) > float(before[7]) + 1.0
+    t.restore(snap)  # all or nothing: a refused batch's counts go too
+    torch.testing.assert_close(t.adapter.log_pop, before)

@@ -39,7 +39,7 @@ async def test_two_workers_share_history_event_ids_and_adapters(settings: Settin
 
         watcher = app_state(app_a).recommender.adapters
         assert watcher is not None
-        tensors = {k: v.copy() for k, v in vars(watcher.current).items() if k in ("A", "B", "item_bias")}
+        tensors = watcher.current.tensors()
         manifest = Manifest(1, watcher.base_model, {k: list(v.shape) for k, v in tensors.items()}, 1)
         redis = Redis.from_url(REDIS_URL)
         await RedisAdapterStore(redis, adapter.prefix).publish(1, encode(tensors, manifest, b"sign"), [])
