@@ -46,6 +46,9 @@ class ProcessSettings(BaseSettings):
     # None: history and adapters stay in the service process (embedded default); the standalone Kafka
     # learner refuses to start without it (`require_redis_url`), it has no other way to reach the service
     redis_url: str | None = None
+    # users' histories in Redis: the service writes them, the Kafka learner reads the same ones
+    history_prefix: str = "recsys:history:"
+    history_len: int = Field(200, ge=1, le=10_000)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     adapter: AdapterSettings = Field(default_factory=AdapterSettings)
 

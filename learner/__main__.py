@@ -23,6 +23,7 @@ from learner.consumer import run
 from learner.metrics import LearnerMetrics
 from learner.pipeline import Learner
 from learner.settings import LearnerSettings
+from retrieval.history import RedisHistoryStore
 
 log = structlog.get_logger()
 
@@ -37,7 +38,8 @@ async def main(settings: LearnerSettings) -> None:
         start_http_server(settings.learner_metrics_port, registry=metrics.registry)
     redis = Redis.from_url(redis_url)
     store = RedisAdapterStore(redis, settings.adapter.prefix, settings.adapter.keep)
-    learner = learner_from_settings(settings, store, metrics)
+    history = RedisHistoryStore(redis, settings.history_prefix, settings.history_len)
+    learner = learner_from_settings(settings, store, metrics, history)
     stop = _stop_on_signals()
     try:
         await _resume_when_redis_answers(learner)

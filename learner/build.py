@@ -21,7 +21,7 @@ from learner.settings import LearnerSettings
 from learner.trainer import IMPLICIT, Example, OnlineConfig, OnlineTrainer
 from models.adapter import ServingAdapter
 from models.scoring import TrainData
-from retrieval.history import dataset_histories
+from retrieval.history import HistoryStore, dataset_histories
 from training.checkpoint import load_serving_checkpoint
 
 log = structlog.get_logger()
@@ -79,6 +79,9 @@ async def resume(learner: Learner) -> int:
     return version
 
 
-def learner_from_settings(s: LearnerSettings, store: AdapterStore, metrics: LearnerMetrics) -> Learner:
+def learner_from_settings(s: LearnerSettings, store: AdapterStore, metrics: LearnerMetrics,
+                          history: HistoryStore | None = None) -> Learner:  # fmt: skip
     online, guard = s.online.to_config(), s.guard.to_config()
-    return build_learner(s.model_dir, s.cache_dir, store, s.adapter, online, guard, metrics)
+    learner = build_learner(s.model_dir, s.cache_dir, store, s.adapter, online, guard, metrics)
+    learner.history_store = history
+    return learner

@@ -25,6 +25,7 @@ from common.adapter_store import AdapterStore
 from common.events import EventType, FeedbackEvent
 from learner.metrics import LearnerMetrics
 from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineTrainer, StepStats
+from retrieval.history import HistoryStore
 
 log = structlog.get_logger()
 
@@ -58,13 +59,19 @@ def example_of(e: FeedbackEvent, history: np.ndarray, item: int) -> Example:
 
 
 class Learner:
+    """`history_store`: where the service keeps users' histories. When given, every batch reads its
+    users' histories from it (the learner then trains on the histories the service serves from, and
+    a restarted learner forgets nothing); `histories` is the learner's own copy otherwise (benches)."""
+
     def __init__(self, trainer: OnlineTrainer, item_ids: Sequence[str], histories: Mapping[str, Sequence[int]],
                  store: AdapterStore, base_model: str, signing_key: bytes | None, metrics: LearnerMetrics,
-                 guard: GuardConfig, history_cap: int = 200) -> None:  # fmt: skip
+                 guard: GuardConfig, history_cap: int = 200,
+                 history_store: HistoryStore | None = None) -> None:  # fmt: skip
         self.trainer, self.store, self.base_model, self.key = trainer, store, base_model, signing_key
         self.metrics, self.guard, self.history_cap = metrics, guard, history_cap
         self.item_index = {x: i for i, x in enumerate(item_ids)}
         self.histories = {u: list(h)[-history_cap:] for u, h in histories.items()}
+        self.history_store = history_store
         self.holdout: deque[Example] = deque(maxlen=guard.holdout_size)
         self.published_adapter = copy.deepcopy(trainer.adapter)  # what the service serves: the guardrail's baseline
         self.version = 0
@@ -93,8 +100,23 @@ class Learner:
         self.metrics.batch_seconds.observe(time.perf_counter() - t)
         return outcome
 
+    async def _histories_before(self, events: Sequence[FeedbackEvent]) -> Mapping[str, Sequence[int]]:
+        """Each user's history before the batch. The shared store already holds the batch's positives
+        (the service appends them before the learner sees them): entries from the user's first event
+        of the batch on are left out."""
+        if self.history_store is None:
+            return self.histories
+        first: dict[str, int] = {}
+        for e in events:
+            first[e.user_id] = min(first.get(e.user_id, e.timestamp), e.timestamp)
+        out = {}
+        for user, t in first.items():
+            entries = await self.history_store.recent(user, self.history_store.max_len)
+            out[user] = [self.item_index[i] for i, ts in entries if ts < t and i in self.item_index]
+        return out
+
     def _examples(
-        self, events: Sequence[FeedbackEvent]
+        self, events: Sequence[FeedbackEvent], before: Mapping[str, Sequence[int]]
     ) -> tuple[list[Example], list[Example], dict[str, list[int]], int]:
         """Training and held-out examples, each against the user's history just before its event, and
         the histories as they will be once the batch is committed (nothing here changes the learner)."""
@@ -107,7 +129,7 @@ class Learner:
             if item is None:
                 unknown += 1
                 continue
-            history = grown.setdefault(e.user_id, list(self.histories.get(e.user_id, [])))
+            history = grown.setdefault(e.user_id, list(before.get(e.user_id, [])))
             if history:  # the user model needs a history to read; a first event only starts one
                 ex = example_of(e, np.asarray(history, np.int64), item)
                 (held if _held_out(e.event_id, self.guard.holdout_every) else train).append(ex)
@@ -117,7 +139,7 @@ class Learner:
         return train, held, grown, unknown
 
     async def _update(self, events: Sequence[FeedbackEvent], dupes: int) -> Outcome:
-        train, held, grown, unknown = self._examples(events)
+        train, held, grown, unknown = self._examples(events, await self._histories_before(events))
         snap = self.trainer.snapshot()
         holdout = deque([*self.holdout, *held], maxlen=self.holdout.maxlen)  # joins the learner on commit
         try:
@@ -137,7 +159,8 @@ class Learner:
             self.trainer.restore(snap)
             self.metrics.publish_errors.inc()
             raise
-        self.histories.update(grown)
+        if self.history_store is None:
+            self.histories.update(grown)
         self.holdout = holdout
         self.events_seen += len(events)
         for e in events:

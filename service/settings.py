@@ -66,12 +66,11 @@ class RerankSettings(BaseModel):
 
 
 class Settings(ProcessSettings):
-    """`ProcessSettings` (model_dir, cache_dir, redis_url, kafka, adapter) plus the service's sections."""
+    """`ProcessSettings` (model_dir, cache_dir, redis_url, users' histories, kafka, adapter) plus the
+    service's sections."""
 
     torch_threads: int = Field(1, ge=1, le=64)
     production: bool = False  # refuse to start without an API key and an adapter signing key
-    history_prefix: str = "recsys:history:"
-    history_len: int = Field(200, ge=1, le=10_000)
     added_items_log: Path = Path(".cache/added-items.jsonl")  # POST /items, replayed at startup
     # without Redis: histories, event ids and adapters on disk here, so a restart forgets nothing; None:
     # in memory only
