@@ -48,8 +48,9 @@ def build_learner(model_dir: Path, cache_dir: Path, store: AdapterStore, adapter
     n = int(ck.model.log_pop.shape[0])
     module = ServingAdapter(ck.model.config.fusion.dim, n, adapter.rank, ck.model.log_pop)
     train_log = ck.train.log
-    pop = (DecayedPopularity.from_log(train_log.item, train_log.timestamp, n, online.popularity_half_life_days * DAY_S)
-           if online.popularity_half_life_days > 0 else None)  # fmt: skip
+    half_life_s = online.popularity_half_life_days * DAY_S
+    pop = (DecayedPopularity.from_log(train_log.item, train_log.timestamp, n, half_life_s, rescale=True)
+           if half_life_s > 0 else None)  # fmt: skip
     trainer = OnlineTrainer(ck.model, module, online, pop)
     examples = training_examples(ck.train, fisher_examples)
     trainer.fit_fisher([examples[i : i + 64] for i in range(0, len(examples), 64)], ck.train.popularity()[:n])

@@ -5,6 +5,11 @@ The training log seeds the counts (decayed to its last timestamp), so the first 
 publishes already ranks by recent rather than all-time popularity. Event time only moves forward: a late
 event counts at the clock's current time, so replaying a spool or a Kafka partition out of order cannot
 make counts grow back.
+
+The model's gamma was fitted to log(1 + count) over the whole training log; decayed counts are smaller
+by a factor that grows with the half-life's shortness, and gamma * log(1 + count) would then change
+scale as well as order. `total` rescales what `log1p` reports to sum to the training log's size, so
+only the order among items follows recency.
 """
 
 from __future__ import annotations
@@ -13,17 +18,18 @@ import numpy as np
 
 
 class DecayedPopularity:
-    def __init__(self, num_items: int, half_life_s: float) -> None:
+    def __init__(self, num_items: int, half_life_s: float, total: float | None = None) -> None:
         if half_life_s <= 0:
             raise ValueError(f"half_life_s must be > 0, got {half_life_s}")
-        self.half_life_s = half_life_s
+        self.half_life_s, self.total = half_life_s, total
         self.counts = np.zeros(num_items, np.float64)
         self.t: float | None = None  # event time the counts are decayed to
 
     @classmethod
-    def from_log(cls, items: np.ndarray, timestamps: np.ndarray, num_items: int,
-                 half_life_s: float) -> DecayedPopularity:  # fmt: skip
-        pop = cls(num_items, half_life_s)
+    def from_log(cls, items: np.ndarray, timestamps: np.ndarray, num_items: int, half_life_s: float,
+                 rescale: bool = False) -> DecayedPopularity:  # fmt: skip
+        """`rescale`: report counts on the log's own scale (`total` = its number of events)."""
+        pop = cls(num_items, half_life_s, float(len(items)) if rescale else None)
         pop.add(items, timestamps)
         return pop
 
@@ -46,6 +52,8 @@ class DecayedPopularity:
     def log1p(self, n: int | None = None) -> np.ndarray:
         """(n,) float32 log(1 + count): the popularity coordinate the model's gamma multiplies."""
         c = self.counts if n is None else np.pad(self.counts[:n], (0, max(0, n - len(self.counts))))
+        if self.total is not None and self.counts.sum() > 0:
+            c = c * (self.total / self.counts.sum())
         return np.log1p(c).astype(np.float32)
 
     def _decay(self, dt: np.ndarray | float) -> np.ndarray:

@@ -259,8 +259,8 @@ class OnlineTrainer:
         n = 0
         for batch in batches:
             per, _ = self.losses(batch)
-            for (k, _), g in zip(self.params.items(), torch.autograd.grad(per.mean(), list(self.params.values())),
-                                 strict=True):  # fmt: skip
+            grads = torch.autograd.grad(per.mean(), list(self.params.values())) if self.params else ()
+            for k, g in zip(self.params, grads, strict=True):
                 acc[k] += g.detach() ** 2
             with torch.no_grad():
                 u = self.adapter.user(self.base_users([e.history for e in batch]))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import os
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -297,6 +300,9 @@ def serve_cmd(
     """Run the REST service on the settings from the environment (RECSYS_...). With no model yet it
     answers at once from content vectors and popularity, trains and indexes a model on the bundled
     MovieLens in the background, and swaps it in when ready."""
+    # a shell's background job starts with SIGINT ignored: take it from the first moment (uvicorn installs
+    # its graceful handlers once serving starts)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     limit_malloc_arenas()
     settings = Settings()
     embedded = not settings.kafka.bootstrap_servers  # no Kafka: the learner runs in this process
@@ -323,7 +329,13 @@ def serve_cmd(
     except (ValueError, IndexInUseError) as e:
         raise _fail(str(e)) from e
     # uvloop, as uvicorn itself would pick: this process owns the loop because the learner shares it
-    uvloop.run(_serve(app, host, port))
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it shut down on
+        uvloop.run(_serve(app, host, port))
+    # shut down (feedback spooled and fsynced, stores closed); a bundle build abandoned in a worker thread
+    # would otherwise hold the interpreter's exit until it finishes
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _index_available(location: str) -> None:

@@ -142,7 +142,9 @@ class ServiceState:
         """Build a bundle off the event loop, then, with POST /items held, replay the added items into it
         and swap: the new bundle serves every item the old one did. A cold-start bundle never replaces a
         trained model."""
-        c = await anyio.to_thread.run_sync(build)
+        # abandoned on cancel: a stopping service does not wait for a half-built bundle (the thread dies
+        # with the process; an index version is invisible until published)
+        c = await anyio.to_thread.run_sync(build, abandon_on_cancel=True)
         async with self.items_lock:
             if c.model.cold_start and not self.recommender.c.model.cold_start:
                 c.close()

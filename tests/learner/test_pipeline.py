@@ -97,3 +97,29 @@ async def test_a_failed_publish_leaves_nothing_half_done(checkpoint: Path, small
     assert learner.histories["u1"][-12:] == list(range(20, 32))
     expected = sum(_held_out(e.event_id, holdout_every) for e in events)  # u1 has a history: every event counts
     assert len(learner.holdout) == expected  # each held-out example once, not once per attempt
+
+
+async def test_with_the_services_history_store_the_learner_trains_on_the_histories_it_serves(
+    checkpoint: Path, small_trained: SmallTrained
+) -> None:
+    """The learner reads each user's history from the store the service writes (which already holds the
+    batch's own events): the examples are built on what came before the batch, and a fresh learner
+    (a restart) sees what the last one learnt from."""
+    from retrieval.history import MemoryHistoryStore
+
+    history = MemoryHistoryStore()
+    await history.append("newcomer", [(f"m{i}", 1_600_000_000 + i) for i in (1, 3, 5)])
+    events = _likes("newcomer", [20, 21])
+    await history.append("newcomer", [(e.item_id, e.timestamp) for e in events])  # as the service does first
+    learner = _learner(checkpoint, small_trained, MemoryAdapterStore())
+    learner.history_store = history
+    before = await learner._histories_before(events)
+    assert [small_trained.data.item_ids[i] for i in before["newcomer"]] == ["m1", "m3", "m5"]
+    train, _, _, _ = learner._examples(events, before)
+    assert [list(e.history) for e in train] == [list(before["newcomer"]), [*before["newcomer"], 20]]
+    assert (await learner.process(events)).version == 1
+    assert "newcomer" not in learner.histories  # nothing kept in the learner itself
+    restarted = _learner(checkpoint, small_trained, MemoryAdapterStore())
+    restarted.history_store = history
+    later = [e.model_copy(update={"timestamp": 1_700_000_100}) for e in _likes("newcomer", [22])]
+    assert len((await restarted._histories_before(later))["newcomer"]) == 5

@@ -39,3 +39,13 @@ def test_items_beyond_the_table_grow_it_and_shorter_reads_are_padded() -> None:
 def test_a_non_positive_half_life_is_refused() -> None:
     with pytest.raises(ValueError, match="half_life_s"):
         DecayedPopularity(3, 0.0)
+
+
+def test_rescaled_counts_keep_the_training_logs_scale_and_follow_recency() -> None:
+    """gamma was fitted to log(1 + count) over the whole log: rescaled, the counts sum to the log's size,
+    so a decayed count changes the order of items, not the scale gamma multiplies."""
+    items, times = np.array([0, 0, 0, 1]), np.array([0, 0, 0, 100 * DAY])
+    pop = DecayedPopularity.from_log(items, times, 2, half_life_s=10 * DAY, rescale=True)
+    c = np.expm1(pop.log1p().astype(np.float64))
+    assert c.sum() == pytest.approx(4.0, rel=1e-5)
+    assert c[1] > c[0]  # the recent item leads although the old one has more events

@@ -235,6 +235,33 @@ def test_up_stops_within_10_s_of_a_signal_leaving_no_process_and_the_spool_intac
     assert len(Spool(tmp_path / "spool").read(Position(0, 0), 100)) == len(events)  # acknowledged: kept
 
 
+@pytest.mark.parametrize("ignore_sigint", [False, True], ids=["sigint", "sigint-ignored-at-start"])
+def test_serve_stops_on_sigint_also_when_started_in_the_background(
+    checkpoint: Path, small_trained: SmallTrained, tmp_path: Path, ignore_sigint: bool
+) -> None:
+    """`llm4rec serve` alone, as the README starts it: Ctrl-C (or a shell's background job, which starts
+    with SIGINT ignored, sent SIGINT) stops it cleanly within 10 s."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env |= {"RECSYS_MODEL_DIR": str(checkpoint), "RECSYS_CACHE_DIR": str(small_trained.cache),
+            "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"), "RECSYS_STATE_DIR": str(tmp_path / "state"),
+            "RECSYS_INDEX__LOCATION": str(tmp_path / "ix")}  # fmt: skip
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    serve = subprocess.Popen([sys.executable, "-m", "llm4rec", "serve", "--port", str(port)], env=env,
+                             preexec_fn=ignore)  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout_s=120)
+    finally:
+        serve.send_signal(signal.SIGINT)
+        try:
+            code = serve.wait(10)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.wait()
+            raise
+    assert code == 0
+
+
 def _stop_up(up: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Send `sig` to `up`; it must exit 0 within 10 s with none of its processes left running (any
     that are get SIGKILL here, so a failing test leaves nothing behind)."""
