@@ -6,10 +6,12 @@ and freshness (feedback -> served adapter) through the real service, Kafka proto
 
 - throughput: `Learner.process` on micro-batches of 256 events (one torch thread), publishing each
   batch's adapter to an in-process store (encode and sign included).
-- prequential (recommend, then learn): a model trained on the first 80% of ml-latest-small by time; the
-  remaining interactions (first-time user-item pairs) stream in time order in batches of 64; each event
-  is first scored (rank of its item among items the user has not met, HR@10 and NDCG@10), then the
-  batch is learned. Frozen model vs adapting learner on the same stream.
+- prequential (recommend, then learn): a model trained on the first 80% of a dataset by time
+  (`--temporal-model`, any dataset); the remaining interactions (first-time user-item pairs) stream in
+  time order in batches of 64; each event is first scored (rank of its item among the listed items the
+  user has not met, HR@10 and NDCG@10), then the batch is learned. Items first seen after the cut are
+  listed when first clicked, with their content-only vectors. Arms: popularity fixed at the cut and
+  streaming (the floors), frozen, and the learner with each part switched on alone and together.
 - forgetting: the adapter learns from a drifted segment (every user suddenly clicking one genre), then
   the original leave-one-out test set is evaluated (full ranking); EWC off vs on.
 - freshness: the service (ASGI, in process) with Kafka (librdkafka's mock cluster, child process) and
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from markdown_sections import write_section
+from markdown_sections import command_line, write_section
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +47,7 @@ from learner.popularity import DecayedPopularity  # noqa: E402
 from learner.settings import GuardSettings, OnlineSettings  # noqa: E402
 from models.splits import temporal  # noqa: E402
 from service.state import app_state  # noqa: E402
+from training.checkpoint import read_checkpoint_meta  # noqa: E402
 from training.experiment import OpenedCheckpoint as Checkpoint  # noqa: E402
 from training.experiment import open_checkpoint  # noqa: E402
 
@@ -321,9 +324,10 @@ def main() -> None:
             "prequential": lambda: prequential(args.temporal_model),
             "forgetting": lambda: forgetting(args.model)}  # fmt: skip
     for name in wanted:  # each part owns its section, so one can be re-run alone
-        body = f"Command: `python bench/learner_bench.py --sections {name}`.\n\n" + runs[name]()
+        body = f"Command: `{command_line()}`.\n\n" + runs[name]()
         print(body)
-        write_section(f"learner-{name}", body)
+        dataset = read_checkpoint_meta(args.temporal_model)["dataset"] if name == "prequential" else ""
+        write_section(f"learner-{name}" + (f"-{dataset}" if dataset else ""), body)
 
 
 if __name__ == "__main__":
