@@ -12,12 +12,14 @@ and freshness (feedback -> served adapter) through the real service, Kafka proto
   user has not met, HR@10 and NDCG@10), then the batch is learned. Items first seen after the cut are
   listed when first clicked, with their content-only vectors. Arms: popularity fixed at the cut and
   streaming (the floors), frozen, and the learner with each part switched on alone and together.
-- forgetting: the adapter learns from a drifted segment (every user suddenly clicking one genre), then
-  the original leave-one-out test set is evaluated (full ranking); EWC off vs on.
+- forgetting: the adapter alone, or the item rows alone, learn from a drifted segment (random users
+  suddenly clicking one genre), then the temporal model's own test set is evaluated (full ranking),
+  at several consolidation weights.
 - freshness: the service (ASGI, in process) with Kafka (librdkafka's mock cluster, child process) and
   Redis, the learner consuming in the same event loop with its default batching: time from POST
   /feedback until /recommend reports the new adapter, and until the user's history holds the event.
-Rewrites the `learner-<part>` sections of BENCHMARKS.md.
+Rewrites the `learner-<part>` sections of BENCHMARKS.md (`learner-<part>-<dataset>` for the two on
+the temporal model).
 """
 
 from __future__ import annotations
@@ -203,13 +205,22 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
             + "\n".join(rows) + "\n")  # fmt: skip
 
 
-def forgetting(model: Path, lambdas: tuple[float, ...] = (0.0, 1.0, 100.0), steps: int = 60) -> str:
-    """lambda 100 is the default."""
+# what learns in each forgetting row, and its consolidation weight
+FORGETTING_ARMS: dict[str, dict[str, float | bool]] = {
+    **{f"adapter, EWC lambda {lam:g}": {"item_updates": False, "lambda_ewc": lam} for lam in (0.0, 1.0, 100.0)},
+    **{
+        f"item rows, lambda_item {lam:g}": {"adapter_updates": False, "lambda_item": lam}
+        for lam in (0.0, 0.01, 0.1, 1.0)
+    },
+}
+
+
+def forgetting(model: Path, steps: int = 60) -> str:
+    """Each learnt part alone (streaming popularity off), at several consolidation weights."""
     ck = open_checkpoint(model, CACHE)
     test = ck.split.test
     genre = "Horror"
     drift_items = [i for i in range(ck.data.num_items) if genre in ck.data.aspects(i)]
-    rng = np.random.default_rng(0)
     train_seen = [set() for _ in range(ck.data.num_users)]
     for u, i in zip(ck.train.log.user.tolist(), ck.train.log.item.tolist(), strict=True):
         train_seen[u].add(i)
@@ -223,22 +234,24 @@ def forgetting(model: Path, lambdas: tuple[float, ...] = (0.0, 1.0, 100.0), step
 
     rows = []
     base = None
-    for lam in lambdas:
-        learner = _learner(model, lambda_ewc=lam)
+    for name, online in FORGETTING_ARMS.items():
+        rng = np.random.default_rng(0)  # the same drift for every row
+        learner = _learner(model, popularity_half_life_days=0, **online)
         if base is None:
             base = test_ndcg(learner)
         users = list(learner.histories)
-        for _ in tqdm(range(steps), desc=f"drift, EWC lambda {lam:g}"):
+        for _ in tqdm(range(steps), desc=f"drift, {name}"):
             events = [FeedbackEvent(user_id=users[int(u)], item_id=ck.data.item_ids[int(rng.choice(drift_items))],  # type: ignore[arg-type]
                                     type="click") for u in rng.integers(len(users), size=128)]  # fmt: skip
             asyncio.run(learner.process(events))
         after = test_ndcg(learner)
-        rows.append(f"| {lam:g} | {base:.4f} | {after:.4f} | {100 * (after / base - 1):+.1f}% |")
+        rows.append(f"| {name} | {base:.4f} | {after:.4f} | {100 * (after / base - 1):+.1f}% |")
     return (
-        "### Forgetting: EWC on and off\n\n"
-        f"`{model.name}`: {steps} batches of 128 clicks on {genre} films by random users (a drift), then the "
-        "original leave-one-out test set (full ranking, training items excluded).\n\n"
-        "| EWC lambda | NDCG@10 before | after the drift | change |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "### Forgetting: consolidation on and off\n\n"
+        f"`{model.name}` ({ck.data.name}): {steps} batches of 128 clicks on {genre} films by random users (a drift), "
+        "then the model's own test set (full ranking, training items excluded). Each row trains one part "
+        "alone at one consolidation weight, on the same drift.\n\n"
+        "| learns | NDCG@10 before | after the drift | change |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
 
 
@@ -322,11 +335,12 @@ def main() -> None:
     runs = {"throughput": lambda: throughput(args.model),
             "freshness": lambda: asyncio.run(_freshness(args.model, args.trials)),
             "prequential": lambda: prequential(args.temporal_model),
-            "forgetting": lambda: forgetting(args.model)}  # fmt: skip
+            "forgetting": lambda: forgetting(args.temporal_model)}  # fmt: skip
     for name in wanted:  # each part owns its section, so one can be re-run alone
         body = f"Command: `{command_line()}`.\n\n" + runs[name]()
         print(body)
-        dataset = read_checkpoint_meta(args.temporal_model)["dataset"] if name == "prequential" else ""
+        on_temporal = name in ("prequential", "forgetting")
+        dataset = read_checkpoint_meta(args.temporal_model)["dataset"] if on_temporal else ""
         write_section(f"learner-{name}" + (f"-{dataset}" if dataset else ""), body)
 
 
