@@ -153,14 +153,17 @@ class _PopularityArm:
 
 
 def _replay(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], arm: str, batch: int) -> np.ndarray:
-    """Per scored event: (HR@10, NDCG@10). Items enter the catalogue when first clicked (content-only
-    vectors, as POST /items gives them), users are scored once they have a history."""
+    """Per scored event: (HR@10, NDCG@10, the item's clicks in the stream before it, whether the item
+    was new after the cut). Items enter the catalogue when first clicked (content-only vectors, as
+    POST /items gives them), users are scored once they have a history."""
     floor = {"popularity fixed at the cut": None, "popularity streaming": HALF_LIFE_DAYS}
     pop_arm = _PopularityArm(ck, floor[arm]) if arm in floor else None
     learner = _learner(model, GuardSettings(), **({} if pop_arm else ARMS[arm]))
     learner.histories = {ck.data.user_ids[u]: [int(x) for x in h] for u, h in ck.train.sequences().items()}
     met = {u: set(h) for u, h in learner.histories.items()}  # exclusions: every item met, uncapped
     listed = ck.train.popularity() > 0
+    warm = listed.copy()
+    clicks = np.zeros(ck.data.num_items, np.int64)
     out = []
     for lo in tqdm(range(0, len(stream), batch), desc=f"prequential: {arm}", leave=False):
         chunk = stream[lo : lo + batch]
@@ -171,8 +174,10 @@ def _replay(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], arm
             hs = [np.asarray(learner.histories[users[k]], np.int64) for k in known]
             s = pop_arm.scores(len(known)).clone() if pop_arm else _scores(learner, hs)
             s[:, ~torch.from_numpy(listed)] = -torch.inf
-            h, n = _rank_metrics(s, [chunk[k][1] for k in known], [met[users[k]] for k in known])
-            out += zip(h, n, strict=True)
+            targets = [chunk[k][1] for k in known]
+            h, n = _rank_metrics(s, targets, [met[users[k]] for k in known])
+            out += zip(h, n, clicks[targets], ~warm[targets], strict=True)
+        np.add.at(clicks, [i for _, i, _ in chunk], 1)
         events = [FeedbackEvent(user_id=ck.data.user_ids[u], item_id=ck.data.item_ids[i], type="click",  # type: ignore[arg-type]
                                 timestamp=ts) for u, i, ts in chunk]  # fmt: skip
         for e in events:
@@ -186,6 +191,9 @@ def _replay(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], arm
     return np.array(out)
 
 
+CLICK_BUCKETS = ((0, 1), (1, 5), (5, 20), (20, 50), (50, None))  # clicks before the scored event
+
+
 def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: list[str] | None = None) -> str:
     ck = open_checkpoint(model, CACHE)
     stream = _stream(ck)[:limit] if limit else _stream(ck)
@@ -195,13 +203,14 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
     base = results.get("frozen")
     rows = []
     for name, r in results.items():
-        hr, nd = r.mean(0)
-        se = r.std(0) / np.sqrt(len(r))
+        hr, nd = r[:, :2].mean(0)
+        se = r[:, :2].std(0) / np.sqrt(len(r))
         diff = ""
         if base is not None and name != "frozen":
             d = (r[:, 1] - base[:, 1]) / base[:, 1].mean()
             diff = f"{100 * d.mean():+.1f}% ± {100 * d.std() / np.sqrt(len(d)):.1f}"
         rows.append(f"| {name} | {hr:.4f} ± {se[0]:.4f} | {nd:.4f} ± {se[1]:.4f} | {diff} |")
+    r = next(iter(results.values()))
     return ("### Prequential replay (recommend, then learn)\n\n"
             f"`{model.name}` ({ck.data.name}) trained on the first 80% of interactions by time; {len(r):,} streamed "
             f"events scored (first-time user-item pairs after the cut, users with a history; {new:,} items "
@@ -209,7 +218,25 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
             f"popularity half-life {HALF_LIFE_DAYS:g} days. Every arm reads the same growing histories; the learner "
             "arms run with the production guardrail (one event in 10 held out).\n\n"
             "| arm | HR@10 (± s.e.) | NDCG@10 (± s.e.) | NDCG@10 vs frozen (paired ± s.e.) |\n|---|---|---|---|\n"
-            + "\n".join(rows) + "\n")  # fmt: skip
+            + "\n".join(rows) + "\n\n" + _new_items_table(results))  # fmt: skip
+
+
+def _new_items_table(results: dict[str, np.ndarray]) -> str:
+    """HR@10 of events on items new after the cut, by the clicks the item had received before, against
+    events on warm items."""
+    head = [f"{lo}" if hi == lo + 1 else (f"{lo}-{hi - 1}" if hi else f"{lo}+") for lo, hi in CLICK_BUCKETS]
+    lines = ["HR@10 of events on new items, by the clicks the item had received in the stream before the "
+             "event (events in brackets), against events on items known at the cut.\n",
+             "| arm | " + " | ".join(f"new, {h} clicks" for h in head) + " | warm |",
+             "|---|" + "---|" * (len(head) + 1)]  # fmt: skip
+    for name, r in results.items():
+        new, clicks = r[:, 3] > 0, r[:, 2]
+        cells = []
+        for lo, hi in CLICK_BUCKETS:
+            m = new & (clicks >= lo) & (clicks < (hi if hi is not None else np.inf))
+            cells.append(f"{r[m, 0].mean():.3f} ({int(m.sum())})" if m.any() else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r[~new, 0].mean():.3f} ({int((~new).sum())}) |")
+    return "\n".join(lines) + "\n"
 
 
 # what learns in each forgetting row, and its consolidation weight
