@@ -112,11 +112,11 @@ def _scores(learner: Learner, histories: list[np.ndarray]) -> torch.Tensor:
 # what each arm learns; every arm reads the same growing histories and catalogue
 ARMS: dict[str, dict[str, float | bool]] = {
     "frozen": {"adapter_updates": False, "item_updates": False, "popularity_half_life_days": 0},
-    "adapter alone (the old learner)": {"item_updates": False, "popularity_half_life_days": 0},
-    "item updates alone": {"adapter_updates": False, "popularity_half_life_days": 0},
-    "streaming popularity alone": {"adapter_updates": False, "item_updates": False},
-    "items + popularity": {"adapter_updates": False},
-    "learner defaults": {},
+    "adapter alone (the old learner)": {"adapter_updates": True, "item_updates": False, "popularity_half_life_days": 0},
+    "item rows alone": {"popularity_half_life_days": 0},
+    "streaming popularity alone": {"item_updates": False},
+    "learner defaults (item rows + streaming popularity)": {},
+    "defaults + adapter": {"adapter_updates": True},
 }
 HALF_LIFE_DAYS = 180.0
 
@@ -241,7 +241,10 @@ def _new_items_table(results: dict[str, np.ndarray]) -> str:
 
 # what learns in each forgetting row, and its consolidation weight
 FORGETTING_ARMS: dict[str, dict[str, float | bool]] = {
-    **{f"adapter, EWC lambda {lam:g}": {"item_updates": False, "lambda_ewc": lam} for lam in (0.0, 1.0, 100.0)},
+    **{
+        f"adapter, EWC lambda {lam:g}": {"adapter_updates": True, "item_updates": False, "lambda_ewc": lam}
+        for lam in (0.0, 1.0, 100.0)
+    },
     **{
         f"item rows, lambda_item {lam:g}": {"adapter_updates": False, "lambda_item": lam}
         for lam in (0.0, 0.01, 0.1, 1.0)

@@ -35,8 +35,11 @@ class OnlineSettings(BaseModel):
     history_len: int = Field(50, ge=1, le=1000)  # the learner's cost is linear in it
     refresh_every: int = Field(5, ge=1)
     negatives: int = Field(1024, ge=0)
-    adapter_updates: bool = True
+    # the user-side map and item biases cost NDCG@10 in the prequential replay on both datasets, the item
+    # rows and streaming popularity gained (BENCHMARKS.md, learner-prequential-*)
+    adapter_updates: bool = False
     item_updates: bool = True
+    item_lr: float = Field(2.0, gt=0)
     lambda_item: float = Field(1.0, ge=0)
     popularity_half_life_days: float = Field(180.0, ge=0)  # 0: training-time popularity, fixed
 

@@ -56,6 +56,7 @@ class OnlineConfig:
     negatives: int  # sampled-softmax negatives per step (0: full softmax)
     adapter_updates: bool  # train the user-side map and the item biases
     item_updates: bool  # train the item-vector corrections
+    item_lr: float  # eta of the item corrections (the proximal EWC step keeps well-known items nearly still)
     lambda_item: float  # EWC weight of the item corrections
     popularity_half_life_days: float  # 0: the training-time popularity, fixed
 
@@ -201,15 +202,17 @@ class OnlineTrainer:
         if not torch.isfinite(data_loss) or any(not torch.isfinite(g).all() for g in grads):
             self.skipped += 1
             return StepStats(float("nan"), float(ewc), 0.0, 0.0, True)  # e.g. an exploding EWC pull
-        lr = c.lr * max(c.min_lr_scale, 1.0 - float(entropy))
+        scale = max(c.min_lr_scale, 1.0 - float(entropy))
+        lr = c.lr * scale
         moved = total = 0
         with torch.no_grad():
             for (k, p), g, gd in zip(self.params.items(), grads, data_grads, strict=True):
                 mask = _importance(g, c.importance_threshold, rows=k == "item_delta")
+                eta = c.item_lr * scale if k == "item_delta" else lr
                 self.velocity[k].mul_(c.momentum).add_(g * mask)
-                p.sub_(lr * self.velocity[k] * mask)
-                if k == "item_delta":  # argmin_x |x - p|^2 / 2lr + lambda F x^2 / 2 (anchor 0), moved rows only
-                    p.div_(1 + lr * c.lambda_item * self.fisher[k] * mask)
+                p.sub_(eta * self.velocity[k] * mask)
+                if k == "item_delta":  # argmin_x |x - p|^2 / 2eta + lambda F x^2 / 2 (anchor 0), moved rows only
+                    p.div_(1 + eta * c.lambda_item * self.fisher[k] * mask)
                 else:  # the items' Fisher stays the training data's
                     self.fisher[k].mul_(c.fisher_decay).add_((1 - c.fisher_decay) * gd**2)
                 moved, total = moved + int(mask.sum()), total + mask.numel()

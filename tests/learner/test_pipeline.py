@@ -50,7 +50,7 @@ async def test_a_batch_is_published_once_and_replays_are_skipped(checkpoint: Pat
     assert fields is not None
     manifest, tensors = decode(fields, b"k", {k: v.shape for k, v in learner.published_state.items()}, 0)
     assert manifest.events_seen == 11
-    assert np.any(tensors["B"] != 0)  # the update moved the adapter off the identity
+    assert np.any(tensors["item_delta"][20:30] != 0)  # the update moved the clicked items' rows
     again = await learner.process(events[:5])  # redelivered after a crash before the offset commit
     assert (again.applied, again.duplicates, again.version) == (0, 5, None)
     assert await store.current() == 1
@@ -60,7 +60,8 @@ async def test_the_guardrail_refuses_an_update_that_hurts_the_holdout(
     checkpoint: Path, small_trained: SmallTrained
 ) -> None:
     store = MemoryAdapterStore()
-    learner = _learner(checkpoint, small_trained, store, GuardSettings(holdout_every=3), lr=500.0, momentum=0.0)
+    learner = _learner(checkpoint, small_trained, store, GuardSettings(holdout_every=3), lr=500.0, momentum=0.0,
+                       adapter_updates=True)  # fmt: skip
     before = learner.trainer.state()
     events = _likes("u1", list(range(20, 40)) * 3)  # a wild step on a sci-fi fan
     out = await learner.process(events)
