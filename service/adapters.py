@@ -7,8 +7,10 @@ requests read the user-side map and item biases from.
 What a request sees while the rows are being written: each point is upserted whole, so an item scores
 with its old row or its new one, next to the old version's user map. One version's step moves few
 rows by a learning rate's worth (importance-selected, momentum SGD), so a ranking that mixes two
-consecutive versions' rows is one the learner passed through on its way. If the index refuses the
-write, the old version keeps serving and the next poll tries again.
+consecutive versions' rows is one the learner passed through on its way. The exception is the first
+version after a start: the streaming popularity replaces the training count for nearly every item, so
+for that one write (seconds on 10k items) requests mix old and new popularity across items. If the
+index refuses the write, the old version keeps serving and the next poll tries again.
 
 A refused version is counted by reason and never retried; the last good adapter keeps serving. Notices
 arrive on Redis pub/sub (or the in-process store's event); a poll every `poll_s` covers notices lost
