@@ -139,16 +139,16 @@ class _PopularityArm:
     """A floor every learner must clear: rank by a popularity count, fixed at the cut or streaming."""
 
     def __init__(self, ck: Checkpoint, half_life_days: float | None) -> None:
-        log = ck.train.log
-        self.stream = half_life_days is not None
-        days = half_life_days if half_life_days is not None else 1e9
-        self.pop = DecayedPopularity.from_log(log.item, log.timestamp, ck.data.num_items, days * DAY_S)
+        log, n = ck.train.log, ck.data.num_items
+        self.pop = (None if half_life_days is None else
+                    DecayedPopularity.from_log(log.item, log.timestamp, n, half_life_days * DAY_S))  # fmt: skip
+        self.fixed = np.log1p(ck.train.popularity()).astype(np.float32)
 
     def scores(self, n: int) -> torch.Tensor:
-        return torch.from_numpy(self.pop.log1p()).expand(n, -1)
+        return torch.from_numpy(self.fixed if self.pop is None else self.pop.log1p()).expand(n, -1)
 
     def learn(self, chunk: list[tuple[int, int, int]]) -> None:
-        if self.stream:
+        if self.pop is not None:
             self.pop.add(np.array([i for _, i, _ in chunk]), np.array([t for _, _, t in chunk]))
 
 

@@ -42,7 +42,7 @@ def training_examples(train: TrainData, n: int, seed: int = 0) -> list[Example]:
 
 def build_learner(model_dir: Path, cache_dir: Path, store: AdapterStore, adapter: AdapterSettings,
                   online: OnlineConfig, guard: GuardConfig, metrics: LearnerMetrics,
-                  fisher_examples: int = 1024) -> Learner:  # fmt: skip
+                  fisher_examples: int = 1024, history: HistoryStore | None = None) -> Learner:  # fmt: skip
     ck = load_serving_checkpoint(model_dir, cache_dir)
     torch.manual_seed(0)
     n = int(ck.model.log_pop.shape[0])
@@ -55,8 +55,10 @@ def build_learner(model_dir: Path, cache_dir: Path, store: AdapterStore, adapter
     examples = training_examples(ck.train, fisher_examples)
     trainer.fit_fisher([examples[i : i + 64] for i in range(0, len(examples), 64)], ck.train.popularity()[:n])
     index = {x: i for i, x in enumerate(ck.data.item_ids)}
-    histories = {u: [index[i] for i, _ in h] for u, h in dataset_histories(ck.data).items()}
-    return Learner(trainer, ck.data.item_ids, histories, store, ck.version, adapter.key(), metrics, guard)
+    # with the service's store the learner keeps no copy of its own
+    histories = {} if history else {u: [index[i] for i, _ in h] for u, h in dataset_histories(ck.data).items()}
+    return Learner(trainer, ck.data.item_ids, histories, store, ck.version, adapter.key(), metrics, guard,
+                   history_store=history)  # fmt: skip
 
 
 async def resume(learner: Learner) -> int:
@@ -83,6 +85,4 @@ async def resume(learner: Learner) -> int:
 def learner_from_settings(s: LearnerSettings, store: AdapterStore, metrics: LearnerMetrics,
                           history: HistoryStore | None = None) -> Learner:  # fmt: skip
     online, guard = s.online.to_config(), s.guard.to_config()
-    learner = build_learner(s.model_dir, s.cache_dir, store, s.adapter, online, guard, metrics)
-    learner.history_store = history
-    return learner
+    return build_learner(s.model_dir, s.cache_dir, store, s.adapter, online, guard, metrics, history=history)

@@ -156,6 +156,12 @@ class OnlineTrainer:
         Training steps use a sampled softmax (the targets against `negatives` items drawn uniformly,
         with the logQ correction; Bengio & Senecal 2008): the full catalogue is most of a step's cost.
         `full` scores every item (the guardrail's exact yardstick); `adapter` defaults to the trained one."""
+        per, entropy, _ = self._losses(batch, full, adapter)
+        return per, entropy
+
+    def _losses(self, batch: Sequence[Example], full: bool,
+                adapter: ServingAdapter | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """`losses`, and the adapted user vectors (B, D) they were computed from."""
         a = adapter or self.adapter
         u = a.user(self.base_users([e.history for e in batch], [e.user for e in batch]))  # (B, D)
         idx = torch.tensor([e.item for e in batch])
@@ -178,7 +184,7 @@ class OnlineTrainer:
         per = pos * -lp + neg * -torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
         p = logp.detach().exp()
         entropy = -(p * logp.detach().nan_to_num(0.0, neginf=0.0)).sum(1).mean() / norm
-        return per, entropy
+        return per, entropy, u
 
     def step(self, batch: Sequence[Example]) -> StepStats:
         c = self.config
@@ -261,12 +267,12 @@ class OnlineTrainer:
         target_term = torch.zeros(self.items.shape[1])
         n = 0
         for batch in batches:
-            per, _ = self.losses(batch)
+            per, _, u = self._losses(batch, False, None)
             grads = torch.autograd.grad(per.mean(), list(self.params.values())) if self.params else ()
             for k, g in zip(self.params, grads, strict=True):
                 acc[k] += g.detach() ** 2
             with torch.no_grad():
-                u = self.adapter.user(self.base_users([e.history for e in batch]))
+                u = u.detach()
                 target_term += ((1 - (-per.detach()).exp()).unsqueeze(1) ** 2 * u**2).sum(0)
                 n += len(batch)
         self.fisher = {k: v / max(len(batches), 1) for k, v in acc.items()}

@@ -52,14 +52,14 @@ class AdapterView:
 
     def __init__(self, version: int, tensors: dict[str, np.ndarray]) -> None:
         self.version = version
+        self._tensors = tensors
         self.A, self.B, self.item_bias = tensors["A"], tensors["B"], tensors["item_bias"]
         self.item_delta, self.log_pop = tensors["item_delta"], tensors["log_pop"]
         self.has_bias = bool(np.any(self.item_bias))
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Copies of the published tensors (what a test or a bench republishes, altered)."""
-        return {k: v.copy() for k, v in {"A": self.A, "B": self.B, "item_bias": self.item_bias,
-                                         "item_delta": self.item_delta, "log_pop": self.log_pop}.items()}  # fmt: skip
+        return {k: v.copy() for k, v in self._tensors.items()}
 
     def user(self, u: np.ndarray) -> np.ndarray:
         out: np.ndarray = u + self.B @ (self.A @ u)
@@ -76,7 +76,5 @@ class AdapterView:
 
     @staticmethod
     def identity(dim: int, log_pop: np.ndarray, rank: int = 8) -> AdapterView:
-        n = len(log_pop)
-        return AdapterView(0, {"A": np.zeros((rank, dim), np.float32), "B": np.zeros((dim, rank), np.float32),
-                               "item_bias": np.zeros(n, np.float32), "item_delta": np.zeros((n, dim), np.float32),
-                               "log_pop": np.asarray(log_pop, np.float32)})  # fmt: skip
+        zeros = {k: np.zeros(s, np.float32) for k, s in ServingAdapter.shapes(dim, len(log_pop), rank).items()}
+        return AdapterView(0, zeros | {"log_pop": np.asarray(log_pop, np.float32)})
