@@ -1,7 +1,8 @@
 """The adapter wire format between the learner (writes) and the service (reads).
 
 An adapter version in Redis is one hash `recsys:adapter:v<N>` with three fields:
-- `manifest`: JSON {format_version, version, base_model, shapes, events_seen, created_at};
+- `manifest`: JSON {format_version, version, base_model, shapes, events_seen, created_at, items};
+  `items` names the rows beyond the trained catalogue (items added after training), in row order;
 - `weights`: safetensors bytes (numpy arrays by name; never pickle);
 - `signature`: hex HMAC-SHA256 over the manifest and the weights with a shared secret.
 The learner writes the hash, moves the pointer `recsys:adapter:current` and publishes the version on
@@ -16,6 +17,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -55,6 +57,10 @@ class Manifest:
     events_seen: int
     created_at: float = field(default_factory=time.time)
     format_version: int = FORMAT_VERSION
+    items: list[str] = field(default_factory=list)  # ids of the item rows after the trained ones
+
+
+Shapes = dict[str, tuple[int, ...]]
 
 
 def sign(key: bytes, manifest: bytes, weights: bytes) -> str:
@@ -72,9 +78,10 @@ def encode(tensors: dict[str, np.ndarray], manifest: Manifest, key: bytes | None
     return {"manifest": raw, "weights": weights, "signature": signature.encode()}
 
 
-def decode(fields: dict[bytes, bytes], key: bytes | None, expect: dict[str, tuple[int, ...]],
+def decode(fields: dict[bytes, bytes], key: bytes | None, expect: Shapes | Callable[[Manifest], Shapes],
            newer_than: int) -> tuple[Manifest, dict[str, np.ndarray]]:  # fmt: skip
-    """Verify and parse one stored version; raises AdapterRejectedError."""
+    """Verify and parse one stored version; raises AdapterRejectedError. `expect`: the shapes, or what
+    they must be for a manifest (the item rows grow with the items added after training)."""
     raw, weights, sig = fields.get(b"manifest"), fields.get(b"weights"), fields.get(b"signature", b"")
     if raw is None or weights is None:
         raise AdapterRejectedError("corrupt", "manifest or weights missing")
@@ -84,6 +91,8 @@ def decode(fields: dict[bytes, bytes], key: bytes | None, expect: dict[str, tupl
         raise AdapterRejectedError("signature", "HMAC does not verify")
     try:
         m = Manifest(**json.loads(raw))
+        if not all(isinstance(x, str) for x in m.items) or len(set(m.items)) != len(m.items):
+            raise ValueError("items must be distinct ids")
         tensors = st_load(weights)
     except Exception as e:  # any parse failure of untrusted bytes is the same verdict
         raise AdapterRejectedError("corrupt", str(e)[:200]) from e
@@ -92,6 +101,7 @@ def decode(fields: dict[bytes, bytes], key: bytes | None, expect: dict[str, tupl
     if m.version <= newer_than:
         raise AdapterRejectedError("stale", f"version {m.version} is not newer than {newer_than}")
     got = {k: tuple(v.shape) for k, v in tensors.items()}
+    expect = expect(m) if callable(expect) else expect
     if got != expect or any(not np.isfinite(v).all() for v in tensors.values()):
         raise AdapterRejectedError("shape", f"got {got}, expected {expect} (finite)")
     return m, tensors

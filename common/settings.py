@@ -49,6 +49,8 @@ class ProcessSettings(BaseSettings):
     # users' histories in Redis: the service writes them, the Kafka learner reads the same ones
     history_prefix: str = "recsys:history:"
     history_len: int = Field(200, ge=1, le=10_000)
+    # with Redis, items added after training (POST /items) as a stream: every replica and the learner read it
+    items_stream: str = "recsys:items"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     adapter: AdapterSettings = Field(default_factory=AdapterSettings)
 

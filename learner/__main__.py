@@ -24,6 +24,7 @@ from learner.metrics import LearnerMetrics
 from learner.pipeline import Learner
 from learner.settings import LearnerSettings
 from retrieval.history import RedisHistoryStore
+from retrieval.item_log import RedisItemLog
 
 log = structlog.get_logger()
 
@@ -39,7 +40,8 @@ async def main(settings: LearnerSettings) -> None:
     redis = Redis.from_url(redis_url)
     store = RedisAdapterStore(redis, settings.adapter.prefix, settings.adapter.keep)
     history = RedisHistoryStore(redis, settings.history_prefix, settings.history_len)
-    learner = learner_from_settings(settings, store, metrics, history)
+    items = RedisItemLog(redis, settings.items_stream)
+    learner = learner_from_settings(settings, store, metrics, history, items)
     stop = _stop_on_signals()
     try:
         await _resume_when_redis_answers(learner)

@@ -5,6 +5,7 @@ checkpoint is loaded for serving (`load_serving_checkpoint`): no training code, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,10 @@ from learner.settings import LearnerSettings
 from learner.trainer import IMPLICIT, Example, OnlineConfig, OnlineTrainer
 from models.adapter import ServingAdapter
 from models.scoring import TrainData
+from retrieval.catalog import ModelItemVectors, NewItem, add_items
 from retrieval.history import HistoryStore, dataset_histories
-from training.checkpoint import load_serving_checkpoint
+from retrieval.item_log import ItemLog
+from training.checkpoint import ServingCheckpoint, load_serving_checkpoint
 
 log = structlog.get_logger()
 DAY_S = 86_400.0
@@ -40,9 +43,23 @@ def training_examples(train: TrainData, n: int, seed: int = 0) -> list[Example]:
     return out
 
 
+class ContentVectors:
+    """Content-only vectors of items added after training, computed as the service's catalogue does
+    (`ModelItemVectors`): the learner's model grows with them, so users' histories can hold them."""
+
+    def __init__(self, ck: ServingCheckpoint, cache_dir: Path) -> None:
+        self.data, self.source = ck.data, ModelItemVectors(ck.model, ck.train, cache_dir)
+
+    def __call__(self, new: Sequence[NewItem]) -> torch.Tensor:
+        self.data = add_items(self.data, new)
+        with torch.no_grad():
+            rows = self.source.grow(self.data, np.zeros((0, 0), np.float32))
+        return torch.from_numpy(rows[-len(new) :, :-1].copy())
+
+
 def build_learner(model_dir: Path, cache_dir: Path, store: AdapterStore, adapter: AdapterSettings,
-                  online: OnlineConfig, guard: GuardConfig, metrics: LearnerMetrics,
-                  fisher_examples: int = 1024, history: HistoryStore | None = None) -> Learner:  # fmt: skip
+                  online: OnlineConfig, guard: GuardConfig, metrics: LearnerMetrics, fisher_examples: int = 1024,
+                  history: HistoryStore | None = None, item_log: ItemLog | None = None) -> Learner:  # fmt: skip
     ck = load_serving_checkpoint(model_dir, cache_dir)
     torch.manual_seed(0)
     n = int(ck.model.log_pop.shape[0])
@@ -58,31 +75,34 @@ def build_learner(model_dir: Path, cache_dir: Path, store: AdapterStore, adapter
     # with the service's store the learner keeps no copy of its own
     histories = {} if history else {u: [index[i] for i, _ in h] for u, h in dataset_histories(ck.data).items()}
     return Learner(trainer, ck.data.item_ids, histories, store, ck.version, adapter.key(), metrics, guard,
-                   history_store=history)  # fmt: skip
+                   history_store=history, item_log=item_log, content=ContentVectors(ck, cache_dir))  # fmt: skip
 
 
 async def resume(learner: Learner) -> int:
-    """Continue from the store's current adapter if it was trained for this model; returns its version."""
+    """Learn of the items added since training, then continue from the store's current adapter if it
+    was trained for this model; returns its version."""
+    await learner.catch_up_items()
     version = await learner.store.current()
     fields = await learner.store.fetch(version) if version else None
     if fields is None:
         return 0
-    shapes = {k: tuple(v.shape) for k, v in learner.published_state.items()}
+    rank, dim = learner.published_state["A"].shape
     try:
-        manifest, tensors = decode(fields, learner.key, shapes, newer_than=0)
+        expect = ServingAdapter.shapes_for(dim, learner.trained_items, rank)
+        manifest, tensors = decode(fields, learner.key, expect, newer_than=0)
     except AdapterRejectedError as e:
         log.warning("adapter_not_resumed", version=version, reason=e.reason)
         return 0
     if manifest.base_model != learner.base_model:
         return 0
-    learner.trainer.load(tensors)
+    learner.load(tensors, manifest.items)
     learner.version, learner.events_seen = version, manifest.events_seen
-    learner.published_adapter.load_tensors(tensors)
     log.info("adapter_resumed", version=version)
     return version
 
 
 def learner_from_settings(s: LearnerSettings, store: AdapterStore, metrics: LearnerMetrics,
-                          history: HistoryStore | None = None) -> Learner:  # fmt: skip
+                          history: HistoryStore | None = None, item_log: ItemLog | None = None) -> Learner:  # fmt: skip
     online, guard = s.online.to_config(), s.guard.to_config()
-    return build_learner(s.model_dir, s.cache_dir, store, s.adapter, online, guard, metrics, history=history)
+    return build_learner(s.model_dir, s.cache_dir, store, s.adapter, online, guard, metrics, history=history,
+                         item_log=item_log)  # fmt: skip

@@ -12,6 +12,8 @@ class LearnerMetrics:
         self.duplicates = Counter("recsys_learner_duplicates_total", "Events skipped: already applied", registry=r)
         self.unknown = Counter("recsys_learner_unknown_items_total", "Events about items the model lacks",
                                registry=r)  # fmt: skip
+        self.items_added = Counter("recsys_learner_items_added_total",
+                                   "Items added after training that the learner learnt of", registry=r)  # fmt: skip
         self.dead_letters = Counter("recsys_learner_dead_letters_total", "Undecodable or invalid records",
                                     ["reason"], registry=r)  # fmt: skip
         self.lag = Gauge("recsys_learner_lag", "Records behind the end of the feedback topic", registry=r)

@@ -13,19 +13,22 @@ import copy
 import hashlib
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
 import numpy as np
 import structlog
+import torch
 
 from common.adapter import Manifest, encode
 from common.adapter_store import AdapterStore
 from common.events import EventType, FeedbackEvent
 from learner.metrics import LearnerMetrics
-from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineTrainer, StepStats
+from learner.trainer import EXPLICIT, IMPLICIT, ITEM_ROWS, Example, OnlineTrainer, StepStats
+from retrieval.catalog import NewItem
 from retrieval.history import HistoryStore
+from retrieval.item_log import START, ItemLog
 
 log = structlog.get_logger()
 
@@ -58,18 +61,27 @@ def example_of(e: FeedbackEvent, history: np.ndarray, item: int) -> Example:
     return Example(history, item, IMPLICIT, 1.0, 0.0, e.user_id)
 
 
+ContentVectors = Callable[[Sequence[NewItem]], torch.Tensor]  # new items -> (m, D) content-only vectors
+
+
 class Learner:
     """`history_store`: where the service keeps users' histories. When given, every batch reads its
     users' histories from it (the learner then trains on the histories the service serves from, and
-    a restarted learner forgets nothing); `histories` is the learner's own copy otherwise (benches)."""
+    a restarted learner forgets nothing); `histories` is the learner's own copy otherwise (benches).
+
+    `item_log`: the service's log of items added after training, read from the start and again whenever
+    a batch names an item the learner does not know; `content` gives those items their vectors."""
 
     def __init__(self, trainer: OnlineTrainer, item_ids: Sequence[str], histories: Mapping[str, Sequence[int]],
                  store: AdapterStore, base_model: str, signing_key: bytes | None, metrics: LearnerMetrics,
-                 guard: GuardConfig, history_cap: int = 200,
-                 history_store: HistoryStore | None = None) -> None:  # fmt: skip
+                 guard: GuardConfig, history_cap: int = 200, history_store: HistoryStore | None = None,
+                 item_log: ItemLog | None = None, content: ContentVectors | None = None) -> None:  # fmt: skip
         self.trainer, self.store, self.base_model, self.key = trainer, store, base_model, signing_key
         self.metrics, self.guard, self.history_cap = metrics, guard, history_cap
+        self.item_ids = list(item_ids)
+        self.trained_items = len(self.item_ids)
         self.item_index = {x: i for i, x in enumerate(item_ids)}
+        self.item_log, self.content, self._log_cursor = item_log, content, START
         self.histories = {u: list(h)[-history_cap:] for u, h in histories.items()}
         self.history_store = history_store
         self.holdout: deque[Example] = deque(maxlen=guard.holdout_size)
@@ -95,10 +107,48 @@ class Learner:
                 ids.add(e.event_id)
         self.metrics.duplicates.inc(dupes)
         outcome = Outcome(0, dupes, 0, None)
+        if any(e.item_id not in self.item_index for e in fresh):
+            await self.catch_up_items()  # a failure here fails the batch: it is retried, not dropped
         if fresh:
             outcome = await self._update(fresh, dupes)
         self.metrics.batch_seconds.observe(time.perf_counter() - t)
         return outcome
+
+    async def catch_up_items(self) -> int:
+        """Learn of the items appended to the item log since the last read; returns how many."""
+        if self.item_log is None or self.content is None:
+            return 0
+        items, cursor = await self.item_log.read(self._log_cursor)
+        new = list({i.item_id: i for i in items if i.item_id not in self.item_index}.values())
+        if new:
+            vectors = await anyio.to_thread.run_sync(self.content, new)
+            self.trainer.add_items(vectors)
+            self.published_adapter.grow(len(new))
+            for it in new:
+                self.item_index[it.item_id] = len(self.item_ids)
+                self.item_ids.append(it.item_id)
+            self.metrics.items_added.inc(len(new))
+            log.info("learner_items_added", items=len(new), known=len(self.item_ids))
+        self._log_cursor = cursor
+        return len(new)
+
+    def load(self, tensors: Mapping[str, np.ndarray], items: Sequence[str]) -> None:
+        """Continue from published `tensors` whose rows after the trained ones are `items` (by id): rows
+        are placed by id, and an item the learner does not know (its log entry is gone) is left out."""
+        out = self.trainer.state()
+        n = self.trained_items
+        pairs = [(n + j, self.item_index[x]) for j, x in enumerate(items) if x in self.item_index]
+        src = np.array([*range(n), *(s for s, _ in pairs)], np.int64)
+        dst = np.array([*range(n), *(d for _, d in pairs)], np.int64)
+        for k, v in tensors.items():
+            if k in ITEM_ROWS or k == "log_pop":
+                out[k][dst] = v[src]
+            else:
+                out[k] = np.array(v)
+        if len(pairs) < len(items):
+            log.warning("adapter_rows_dropped", rows=len(items) - len(pairs), reason="items not in the item log")
+        self.trainer.load(out)
+        self.published_adapter.load_tensors(out)
 
     async def _histories_before(self, events: Sequence[FeedbackEvent]) -> Mapping[str, Sequence[int]]:
         """Each user's history before the batch. The shared store already holds the batch's positives
@@ -193,7 +243,8 @@ class Learner:
         version = max(self.version, await self.store.current()) + 1
         tensors = self.trainer.state()
         shapes = {k: list(v.shape) for k, v in tensors.items()}
-        manifest = Manifest(version, self.base_model, shapes, self.events_seen + len(event_ids))
+        manifest = Manifest(version, self.base_model, shapes, self.events_seen + len(event_ids),
+                            items=self.item_ids[self.trained_items :])  # fmt: skip
         await self.store.publish(version, encode(tensors, manifest, self.key), event_ids)
         self.version = version
         self.published_adapter.load_tensors(tensors)

@@ -36,6 +36,7 @@ from models.llm4rec import LLM4Rec
 from models.scoring import pad_histories
 
 EXPLICIT, IMPLICIT = "explicit", "implicit"
+ITEM_ROWS = {"item_bias", "item_delta"}  # the adapter's parameters with a row per item
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,19 @@ class OnlineTrainer:
         self.events_since_anchor = 0
         self.skipped = 0
         self._user_cache: dict[str, tuple[int, torch.Tensor]] = {}
+
+    def add_items(self, vectors: torch.Tensor) -> None:
+        """Rows for items added after training (`vectors`: (m, D) their content-only vectors): no
+        correction yet, and no Fisher (no training event knew them), so they follow their clicks."""
+        m = len(vectors)
+        self.items = torch.cat([self.items, vectors.detach().to(self.items.dtype)])
+        self.adapter.grow(m)
+        self.params = {k: p for k, p in self.adapter.named_parameters() if k in self.params}
+        for state in (self.velocity, self.fisher, self.anchor):
+            for k in ITEM_ROWS & state.keys():
+                state[k] = torch.cat([state[k], state[k].new_zeros(m, *state[k].shape[1:])])
+        if self.popularity is not None:
+            self._publish_popularity()
 
     def base_users(self, histories: Sequence[np.ndarray], users: Sequence[str] = ()) -> torch.Tensor:
         """(B, D) the frozen user model over each history. With `users`, a user's vector is reused

@@ -426,7 +426,7 @@ async def _adapter_rollback(s: LearnerSettings, version: int) -> int:
         shapes = {k: tuple(v) for k, v in old["shapes"].items()}
         manifest, tensors = decode(fields, s.adapter.key(), shapes, newer_than=0)
         new = await store.current() + 1
-        republished = Manifest(new, manifest.base_model, old["shapes"], manifest.events_seen)
+        republished = Manifest(new, manifest.base_model, old["shapes"], manifest.events_seen, items=manifest.items)
         await store.publish(new, encode(tensors, republished, s.adapter.key()), [])
         return new
     finally:

@@ -41,7 +41,8 @@ async def attach_learner(state: ServiceState, settings: LearnerSettings, store: 
     assert isinstance(sink, InProcessSink), "the in-process learner is for the embedded default (no Kafka)"
     metrics = LearnerMetrics()
     state.metrics.also_serve(metrics.registry)  # the learner's figures on the service's /metrics
-    learner = await anyio.to_thread.run_sync(learner_from_settings, settings, store, metrics, state.history)
+    learner = await anyio.to_thread.run_sync(learner_from_settings, settings, store, metrics, state.history,
+                                            state.item_log)  # fmt: skip
     await resume(learner)
 
     queue: asyncio.Queue[list[FeedbackEvent]] = asyncio.Queue()

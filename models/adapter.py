@@ -7,13 +7,21 @@ serves what was learnt.
     u' = u + B (A u)            A: (r, D), B: (D, r), B starts at zero so a fresh adapter is the identity
     v'_i = v_i + delta_i        delta starts at zero
     s(u, i) = u' . v'_i + b_i + gamma * log_pop_i       log_pop starts as the model's log(1 + pop)
+
+The item rows are the trained catalogue's, then the items added after training (`grow`) in the order
+the learner learnt of them; a published version names those extra rows by id (`Manifest.items`), so a
+reader maps them onto its own catalogue whatever order it added them in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+
 import numpy as np
 import torch
 from torch import nn
+
+from common.adapter import Manifest, Shapes
 
 
 class ServingAdapter(nn.Module):
@@ -26,6 +34,14 @@ class ServingAdapter(nn.Module):
         self.item_bias = nn.Parameter(torch.zeros(num_items))
         self.item_delta = nn.Parameter(torch.zeros(num_items, dim))
         self.register_buffer("log_pop", torch.zeros(num_items) if log_pop is None else log_pop.detach().float().clone())
+
+    def grow(self, m: int) -> None:
+        """Rows for `m` items added after training: no correction, no bias, no popularity yet."""
+        self.item_bias = nn.Parameter(torch.cat([self.item_bias.detach(), torch.zeros(m)]))
+        self.item_delta = nn.Parameter(
+            torch.cat([self.item_delta.detach(), self.item_delta.new_zeros(m, self.B.shape[0])])
+        )
+        self.log_pop = torch.cat([self.log_pop, torch.zeros(m)])
 
     def user(self, u: torch.Tensor) -> torch.Tensor:
         """u: (..., D) -> (..., D)."""
@@ -42,18 +58,26 @@ class ServingAdapter(nn.Module):
         self.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
 
     @staticmethod
-    def shapes(dim: int, num_items: int, rank: int = 8) -> dict[str, tuple[int, ...]]:
+    def shapes(dim: int, num_items: int, rank: int = 8) -> Shapes:
         return {"A": (rank, dim), "B": (dim, rank), "item_bias": (num_items,), "item_delta": (num_items, dim),
                 "log_pop": (num_items,)}  # fmt: skip
+
+    @staticmethod
+    def shapes_for(dim: int, trained_items: int, rank: int = 8) -> Callable[[Manifest], Shapes]:
+        """The shapes a published version must have: a row per trained item and per item it names."""
+        return lambda m: ServingAdapter.shapes(dim, trained_items + len(m.items), rank)
 
 
 class AdapterView:
     """The service's read-only numpy view of one adapter version: swapped as one reference."""
 
-    def __init__(self, version: int, tensors: dict[str, np.ndarray]) -> None:
-        self.version = version
+    def __init__(self, version: int, tensors: dict[str, np.ndarray], items: Sequence[str] = ()) -> None:
+        self.version, self.items = version, list(items)  # items: the ids of the rows after the trained ones
         self._tensors = tensors
-        self.A, self.B, self.item_bias = tensors["A"], tensors["B"], tensors["item_bias"]
+        self.trained = len(tensors["log_pop"]) - len(self.items)
+        self.A, self.B = tensors["A"], tensors["B"]
+        # biases are served for the trained items only (`item_rows` carries added items' corrections)
+        self.item_bias = tensors["item_bias"][: self.trained]
         self.item_delta, self.log_pop = tensors["item_delta"], tensors["log_pop"]
         self.has_bias = bool(np.any(self.item_bias))
 
@@ -65,13 +89,17 @@ class AdapterView:
         out: np.ndarray = u + self.B @ (self.A @ u)
         return out
 
-    def item_rows(self, vectors: np.ndarray) -> np.ndarray:
+    def item_rows(self, vectors: np.ndarray, item_index: Mapping[str, int]) -> np.ndarray:
         """(N, D + 1) index rows: the base model's item vectors (popularity coordinate last) as this
-        version corrects them."""
-        n = len(self.log_pop)
+        version corrects them. `item_index` places the added items' rows; an item this version has no
+        row for keeps its base row."""
+        n = len(vectors)
+        added = [(self.trained + j, item_index.get(x, n)) for j, x in enumerate(self.items)]
+        src = np.array([*range(min(n, self.trained)), *(r for r, i in added if i < n)], np.int64)
+        dst = np.array([*range(min(n, self.trained)), *(i for _, i in added if i < n)], np.int64)
         out = vectors.copy()
-        out[:n, :-1] += self.item_delta
-        out[:n, -1] = self.log_pop
+        out[dst, :-1] += self.item_delta[src]
+        out[dst, -1] = self.log_pop[src]
         return out
 
     @staticmethod

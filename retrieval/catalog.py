@@ -204,16 +204,17 @@ class Catalogue:
             self.served = np.concatenate([self.served, vectors[len(self.served) :]])
             self._derive(grown)
             self.index.upsert(ids, vectors[ids], payloads)
-        self.item_index = {**self.item_index, **{grown.item_ids[i]: i for i in ids}}
+            self.item_index = {**self.item_index, **{grown.item_ids[i]: i for i in ids}}
         return [grown.item_ids[i] for i in ids]
 
-    def correct(self, rows: Callable[[np.ndarray], np.ndarray], tolerance: float = CORRECTION_TOLERANCE) -> int:
-        """Write the learner's corrected rows (`rows(vectors)`: (N, D + 1) from the base rows) into the
+    def correct(self, rows: Callable[[np.ndarray, dict[str, int]], np.ndarray],
+                tolerance: float = CORRECTION_TOLERANCE) -> int:  # fmt: skip
+        """Write the learner's corrected rows (`rows(vectors, item_index)`: (N, D + 1) from the base rows) into the
         index where they differ from what it holds by more than `tolerance` in any coordinate; returns
         how many points were upserted. Decay moves every popularity a little all the time: the tolerance
         bounds how stale a point may get without rewriting the catalogue on every version."""
         with self._lock:
-            new = rows(self.vectors)
+            new = rows(self.vectors, self.item_index)
             changed = np.flatnonzero(np.abs(new - self.served).max(axis=1) > tolerance)
             for lo in range(0, len(changed), 1024):
                 ids = changed[lo : lo + 1024]

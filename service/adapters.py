@@ -31,7 +31,7 @@ from tenacity import RetryCallState, retry, retry_if_exception_type, wait_expone
 
 from common.adapter import AdapterRejectedError, channel, decode
 from common.adapter_store import AdapterStore, MemoryAdapterStore
-from models.adapter import AdapterView
+from models.adapter import AdapterView, ServingAdapter
 from retrieval.catalog import Catalogue
 from service.metrics import Metrics
 
@@ -50,6 +50,7 @@ class AdapterWatcher:
         self.store, self.key, self.base_model, self.shapes = store, key, base_model, shapes
         self.metrics, self.poll_s, self.catalogue = metrics, poll_s, catalogue
         dim, rank, n = shapes["B"][0], shapes["A"][0], shapes["item_bias"][0]
+        self.expect = ServingAdapter.shapes_for(dim, n, rank)  # rows grow with the items added since training
         self.current = AdapterView.identity(dim, catalogue.vectors[:n, -1], rank)
         self.rejected: set[int] = set()
         self.notice = asyncio.Event()
@@ -68,7 +69,7 @@ class AdapterWatcher:
         try:
             if fields is None:
                 raise AdapterRejectedError("missing", f"version {version} has no data")
-            manifest, tensors = decode(fields, self.key, self.shapes, self.current.version)
+            manifest, tensors = decode(fields, self.key, self.expect, self.current.version)
             if manifest.base_model != self.base_model:
                 raise AdapterRejectedError("base_model", f"{manifest.base_model} != {self.base_model}")
         except AdapterRejectedError as e:
@@ -76,7 +77,7 @@ class AdapterWatcher:
             self.metrics.adapter_rejections.labels(e.reason).inc()
             log.warning("adapter_rejected", version=version, reason=e.reason, detail=str(e))
             return False
-        view = AdapterView(manifest.version, tensors)
+        view = AdapterView(manifest.version, tensors, manifest.items)
         try:
             moved = await anyio.to_thread.run_sync(self.catalogue.correct, view.item_rows)
         except Exception as e:  # index unreachable: keep serving the old version, retry at the next poll

@@ -24,7 +24,7 @@ from service.schemas import (
     errors,
     result_out,
 )
-from service.state import ServiceState, add_items, get_state
+from service.state import ItemsNotDurableError, ServiceState, add_items, get_state
 from service.strict_json import StrictJSONRoute
 
 router = APIRouter(route_class=StrictJSONRoute)
@@ -65,10 +65,13 @@ async def feedback(body: FeedbackIn, state: State) -> FeedbackOut:
     return FeedbackOut(accepted=r.accepted, duplicates=r.duplicates, published=r.published)
 
 
-@router.post("/items", dependencies=WRITE, responses=errors(401, 413, 422, 429))
+@router.post("/items", dependencies=WRITE, responses=errors(401, 413, 422, 429, 503))
 async def post_items(body: ItemsIn, state: State) -> ItemsOut:
     new = body.to_new_items()
-    added = await add_items(state, new)
+    try:
+        added = await add_items(state, new)
+    except ItemsNotDurableError as e:
+        raise HTTPException(503, detail={"field": None, "reason": "items could not be made durable; retry"}) from e
     state.metrics.items_upserted.inc(len(added))
     return ItemsOut(added=added, existing=[i.item_id for i in new if i.item_id not in set(added)])
 

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
-import json
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import structlog
@@ -34,6 +30,7 @@ from retrieval.history import (
     SqliteHistoryStore,
     dataset_histories,
 )
+from retrieval.item_log import FileItemLog, ItemLog, RedisItemLog
 from service.adapters import AdapterWatcher
 from service.components import Components, NotReadyError, build_cold_start, build_components, with_context
 from service.explain import Explainer
@@ -109,6 +106,7 @@ class ServiceState:
     adapter_store: AdapterStore
     write_buckets: TokenBuckets
     online: OnlineHitRate
+    item_log: ItemLog  # POST /items, durable: replayed into every bundle, read by the learner
     items_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one catalogue change at a time
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -149,7 +147,7 @@ class ServiceState:
             if c.model.cold_start and not self.recommender.c.model.cold_start:
                 c.close()
                 return
-            await anyio.to_thread.run_sync(_replay_added_items, c, self.settings.added_items_log)
+            await anyio.to_thread.run_sync(c.catalogue.add, await _added_items(self.item_log))
             s = self.settings
             recommender, task = await _recommender(s, self.metrics, self.adapter_store, self.redis, self.history, c)
             await self.serving.swap(recommender, task)
@@ -180,8 +178,9 @@ async def build_state(settings: Settings, metrics: Metrics, adapter_store: Adapt
     # requests run small matrix products: one torch thread each beats two threads fighting over 2 cores
     torch.set_num_threads(settings.torch_threads)
     text = await anyio.to_thread.run_sync(TextEncoder, settings.cache_dir)
-    c = await anyio.to_thread.run_sync(_first_bundle, settings, text)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    item_log = item_log_of(settings, redis)
+    c = await anyio.to_thread.run_sync(_first_bundle, settings, text, await _added_items(item_log))
     history, deduper = _history_and_event_ids(settings, redis, metrics)
     sink: EventSink = KafkaEventSink(settings.kafka.bootstrap_servers, settings.kafka.topic,
                                      settings.kafka.request_timeout_ms) if settings.kafka.bootstrap_servers \
@@ -195,7 +194,7 @@ async def build_state(settings: Settings, metrics: Metrics, adapter_store: Adapt
     state = ServiceState(
         settings, metrics, Serving(recommender, task), history, redis, sink, forwarder,
         FeedbackIngest(spool, forwarder, deduper, history, metrics, f.ack_wait_s), text, store,
-        TokenBuckets(settings.api.write_rate_per_s, settings.api.write_burst), OnlineHitRate(metrics),
+        TokenBuckets(settings.api.write_rate_per_s, settings.api.write_burst), OnlineHitRate(metrics), item_log,
     )  # fmt: skip
     seeded = await _seed(history, c)
     state.tasks.append(asyncio.create_task(forwarder.run()))
@@ -220,8 +219,17 @@ def _history_and_event_ids(settings: Settings, redis: Redis | None,
             SqliteDeduper(local_state.connect(settings.state_dir)))  # fmt: skip
 
 
-def _first_bundle(settings: Settings, text: TextEncoder) -> Components:
-    """The trained model when there is one; else, where allowed, popularity alone (seconds)."""
+def item_log_of(settings: Settings, redis: Redis | None) -> ItemLog:
+    """The deployment's one item log: a Redis stream when Redis is configured (every replica and the
+    Kafka learner read it), else the file beside the service's other local state."""
+    if redis is not None:
+        return RedisItemLog(redis, settings.items_stream)
+    return FileItemLog(settings.added_items_log)
+
+
+def _first_bundle(settings: Settings, text: TextEncoder, added: Sequence[NewItem]) -> Components:
+    """The trained model when there is one; else, where allowed, popularity alone (seconds); then the
+    items added since training, in the order they were added (so the same internal ids)."""
     try:
         c = build_components(settings, text)
     except NotReadyError:
@@ -229,7 +237,7 @@ def _first_bundle(settings: Settings, text: TextEncoder) -> Components:
             raise
         log.info("serving_cold_start", reason="no trained model yet", dataset=settings.cold_start.dataset)
         c = build_cold_start(settings, None)
-    _replay_added_items(c, settings.added_items_log)
+    c.catalogue.add(added)
     return c
 
 
@@ -255,34 +263,31 @@ async def _recommender(
 
 
 async def add_items(state: ServiceState, new: list[NewItem]) -> list[str]:
-    """POST /items: the catalogue grows (and the index with it), then the log that replays the additions
-    after a restart or a model swap."""
+    """POST /items: first the item log (what is acknowledged survives a restart and reaches the
+    learner), then the catalogue and the index. Raises ItemsNotDurableError when the log refuses."""
     async with state.items_lock:
         catalogue = state.serving.current.c.catalogue
-        added = await anyio.to_thread.run_sync(catalogue.add, new)
-        await anyio.to_thread.run_sync(_log_added_items, state.settings.added_items_log,
-                                       [i for i in new if i.item_id in set(added)])  # fmt: skip
-    return added
+        unknown = [i for i in new if i.item_id not in catalogue.item_index]
+        try:
+            await state.item_log.append(unknown)
+        except Exception as e:
+            state.metrics.dependency_errors.labels("item_log").inc()
+            raise ItemsNotDurableError(str(e)) from e
+        return await anyio.to_thread.run_sync(catalogue.add, unknown)
 
 
-def _log_added_items(path: Path, items: list[NewItem]) -> None:
-    """The index keeps added items across restarts but the model does not: this log lets the next
-    start rebuild their content vectors in the same order (so the same internal ids)."""
-    if not items:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.writelines(json.dumps(dataclasses.asdict(i)) + "\n" for i in items)
-        f.flush()
-        os.fsync(f.fileno())
+class ItemsNotDurableError(RuntimeError):
+    """The item log could not be written: nothing was added, the client retries."""
 
 
-def _replay_added_items(c: Components, path: Path) -> int:
-    if not path.exists():
-        return 0
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    items = [NewItem(r["item_id"], r["title"], tuple(r["categories"]), r["year"], r["text"]) for r in rows]
-    return len(c.catalogue.add(items)) if items else 0
+async def _added_items(item_log: ItemLog) -> list[NewItem]:
+    """Every item added since training, oldest first. An unreadable log (Redis away at start-up) serves
+    the trained catalogue, and says so: the next model swap reads it again."""
+    try:
+        return (await item_log.read())[0]
+    except Exception as e:
+        log.warning("added_items_unreadable", error=str(e))
+        return []
 
 
 async def _seed(history: HistoryStore, c: Components) -> int:

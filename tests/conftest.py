@@ -162,7 +162,7 @@ def settings(checkpoint: Path, small_trained: SmallTrained, tmp_path: Path, pref
         model_dir=checkpoint, cache_dir=small_trained.cache, redis_url=REDIS_URL, history_prefix=prefix + "history:",
         index=IndexSettings(location=str(tmp_path / "index")),
         feedback=FeedbackSettings(spool_dir=tmp_path / "spool", dedupe_prefix=prefix + "event:"),
-        added_items_log=tmp_path / "added-items.jsonl", state_dir=tmp_path / "state",
+        added_items_log=tmp_path / "added-items.jsonl", state_dir=tmp_path / "state", items_stream=prefix + "items",
     )  # fmt: skip
 
 

@@ -73,7 +73,7 @@ def stack(
     with mock_kafka() as kafka:
         env = {**os.environ, "RECSYS_MODEL_DIR": str(checkpoint), "RECSYS_CACHE_DIR": str(small_trained.cache),
                "RECSYS_REDIS_URL": REDIS_URL, "RECSYS_HISTORY_PREFIX": prefix + "history:",
-               "RECSYS_FEEDBACK__DEDUPE_PREFIX": prefix + "event:",
+               "RECSYS_FEEDBACK__DEDUPE_PREFIX": prefix + "event:", "RECSYS_ITEMS_STREAM": prefix + "items",
                "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"),
                "RECSYS_STATE_DIR": str(tmp_path / "state"), "RECSYS_INDEX__LOCATION": str(tmp_path / "index"),
                "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,

@@ -44,7 +44,7 @@ def _likes(user: str, items: range) -> list[dict[str, object]]:
 
 
 def _learner_settings(checkpoint: Path, st: SmallTrained, prefix: str, **changes: object) -> LearnerSettings:
-    return LearnerSettings(model_dir=checkpoint, cache_dir=st.cache, redis_url=REDIS_URL,  # type: ignore[arg-type]
+    return LearnerSettings(model_dir=checkpoint, cache_dir=st.cache, redis_url=REDIS_URL, items_stream=prefix + "items",  # type: ignore[arg-type]
                            adapter=AdapterSettings(prefix=prefix + "adapter:", signing_key="sign"),  # type: ignore[arg-type]
                            guard=GuardSettings(holdout_every=0), learner_metrics_port=0, **changes)  # fmt: skip
 
@@ -238,6 +238,7 @@ async def test_a_learner_killed_mid_stream_loses_nothing_and_applies_nothing_twi
         await producer.stop()
         env = {**os.environ, "RECSYS_MODEL_DIR": str(checkpoint), "RECSYS_CACHE_DIR": str(small_trained.cache),
                "RECSYS_REDIS_URL": REDIS_URL, "RECSYS_ADAPTER__PREFIX": prefix + "adapter:",
+               "RECSYS_ITEMS_STREAM": prefix + "items",
                "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "RECSYS_KAFKA__GROUP_ID": f"g-{prefix}",
                "RECSYS_BATCH__SIZE": "50", "RECSYS_GUARD__HOLDOUT_EVERY": "0",
                "RECSYS_LEARNER_METRICS_PORT": "0"}  # fmt: skip
