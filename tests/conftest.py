@@ -172,7 +172,7 @@ async def serve(
 ) -> AsyncIterator[tuple[AsyncClient, FastAPI]]:
     app = create_app(settings, adapter_store=adapter_store)
     async with (
-        LifespanManager(app, startup_timeout=120) as manager,
+        LifespanManager(app, startup_timeout=120, shutdown_timeout=30) as manager,
         AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as c,
     ):
         yield c, app
