@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -213,8 +213,8 @@ class Learner:
             self.histories.update(grown)
         self.holdout = holdout
         self.events_seen += len(events)
-        for e in events:
-            self.metrics.events.labels(e.type.value).inc()
+        for kind, n in Counter(e.type.value for e in events).items():
+            self.metrics.events.labels(kind).inc(n)
         self.metrics.unknown.inc(unknown)
         return Outcome(0 if rejected else len(events) - unknown, dupes, unknown, version, rejected)
 

@@ -84,6 +84,14 @@ class StepStats:
 
 
 @dataclass(frozen=True)
+class _Rows:
+    """The item rows a softmax covered: `ids` (None: every item) and their corrections `delta`."""
+
+    ids: torch.Tensor | None
+    delta: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Snapshot:
     adapter: dict[str, torch.Tensor]
     velocity: dict[str, torch.Tensor]
@@ -92,6 +100,8 @@ class Snapshot:
     loss_var: dict[str, float]
     events_since_anchor: int
     popularity: tuple[np.ndarray, float | None] | None
+    last_step: torch.Tensor
+    steps: int
 
 
 def _clone(d: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -125,6 +135,9 @@ class OnlineTrainer:
         self.loss_var = {EXPLICIT: 1.0, IMPLICIT: 1.0}
         self.events_since_anchor = 0
         self.skipped = 0
+        self.steps = 0  # item-row steps taken; `last_step` (N,): the step each row's velocity was last updated
+        self.last_step = torch.zeros(self.items.shape[0], dtype=torch.int64)
+        self._moved_rows = 0
         self._user_cache: dict[str, tuple[int, torch.Tensor]] = {}
 
     def add_items(self, vectors: torch.Tensor) -> None:
@@ -137,6 +150,7 @@ class OnlineTrainer:
         for state in (self.velocity, self.fisher, self.anchor):
             for k in ITEM_ROWS & state.keys():
                 state[k] = torch.cat([state[k], state[k].new_zeros(m, *state[k].shape[1:])])
+        self.last_step = torch.cat([self.last_step, self.last_step.new_zeros(m)])
         if self.popularity is not None:
             self._publish_popularity()
 
@@ -170,23 +184,29 @@ class OnlineTrainer:
         Training steps use a sampled softmax (the targets against `negatives` items drawn uniformly,
         with the logQ correction; Bengio & Senecal 2008): the full catalogue is most of a step's cost.
         `full` scores every item (the guardrail's exact yardstick); `adapter` defaults to the trained one."""
-        per, entropy, _ = self._losses(batch, full, adapter)
+        per, entropy, _, _ = self._losses(batch, full, adapter)
         return per, entropy
 
-    def _losses(self, batch: Sequence[Example], full: bool,
-                adapter: ServingAdapter | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-        """`losses`, and the adapted user vectors (B, D) they were computed from."""
+    def _losses(self, batch: Sequence[Example], full: bool, adapter: ServingAdapter | None,
+                leaf: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _Rows]:  # fmt: skip
+        """`losses`, the adapted user vectors (B, D) they were computed from, and the item rows the
+        logits covered. `leaf`: those rows' corrections are a fresh leaf tensor (what a step takes the
+        gradient of: the rows the softmax did not cover have none, and are never materialised)."""
         a = adapter or self.adapter
         u = a.user(self.base_users([e.history for e in batch], [e.user for e in batch]))  # (B, D)
         idx = torch.tensor([e.item for e in batch])
         rows = torch.arange(len(batch))
         N, K = self.items.shape[0], self.config.negatives
         if full or K <= 0 or N <= 2 * K:
-            logp = torch.log_softmax(u @ (self.items + a.item_delta).T + a.item_bias + self.gamma * a.log_pop, dim=1)
+            covered = _Rows(None, a.item_delta.detach().requires_grad_() if leaf else a.item_delta)
+            logits = u @ (self.items + covered.delta).T + a.item_bias + self.gamma * a.log_pop
+            logp = torch.log_softmax(logits, dim=1)
             lp, norm = logp[rows, idx], math.log(N)
         else:
             cand = torch.cat([idx, torch.randint(N, (K,))])  # (B + K,): every target is everyone's candidate
-            v = self.items[cand] + a.item_delta[cand]
+            ids, col = torch.unique(cand, return_inverse=True)
+            covered = _Rows(ids, a.item_delta.detach()[ids].requires_grad_() if leaf else a.item_delta[ids])
+            v = self.items[cand] + covered.delta[col]
             logits = u @ v.T + a.item_bias[cand] + self.gamma * a.log_pop[cand]  # (B, B + K)
             # uniform sampling: a negative stands for N / K items (logQ); targets enter once, exactly
             logits = logits + torch.cat([torch.zeros(len(batch)), torch.full((K,), math.log(N / K))])
@@ -198,49 +218,68 @@ class OnlineTrainer:
         per = pos * -lp + neg * -torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
         p = logp.detach().exp()
         entropy = -(p * logp.detach().nan_to_num(0.0, neginf=0.0)).sum(1).mean() / norm
-        return per, entropy, u
+        return per, entropy, u, covered
 
     def step(self, batch: Sequence[Example]) -> StepStats:
         c = self.config
         if not self.params:
             return StepStats(0.0, 0.0, 0.0, 0.0, True)
-        per, entropy = self.losses(batch)
+        items = "item_delta" in self.params
+        per, entropy, _, covered = self._losses(batch, False, None, leaf=items)
         if not torch.isfinite(per).all():
             self.skipped += 1
             return StepStats(float("nan"), 0.0, 0.0, 0.0, True)
-        weights = self._reliability(batch, per.detach())
-        data_loss = (weights * per).mean()
-        data_grads = torch.autograd.grad(data_loss, list(self.params.values()))
+        dense = {k: p for k, p in self.params.items() if k != "item_delta"}
+        data_loss = (self._reliability(batch, per.detach()) * per).mean()
+        grads = dict(zip([*dense, *(["item_delta"] if items else [])],
+                         torch.autograd.grad(data_loss, [*dense.values(), *([covered.delta] if items else [])]),
+                         strict=True))  # fmt: skip
         with torch.no_grad():
-            drift = {k: p - self.anchor[k] for k, p in self.params.items()}
-            ewc = sum(((self._lambda(k) * self.fisher[k] * d**2).sum() for k, d in drift.items()), torch.zeros(()))
-            # the EWC term's gradient in closed form: lambda * F * (theta - theta*); the items' is applied
-            # as a proximal step instead (below): their Fisher grows with training counts, and an explicit
-            # step diverges once lr * lambda * F > 2
-            grads = [g if k == "item_delta" else g + c.lambda_ewc * self.fisher[k] * drift[k]
-                     for k, g in zip(self.params, data_grads, strict=True)]  # fmt: skip
-        if not torch.isfinite(data_loss) or any(not torch.isfinite(g).all() for g in grads):
+            drift = {k: p - self.anchor[k] for k, p in dense.items()}
+            ewc = sum(((c.lambda_ewc * self.fisher[k] * d**2).sum() for k, d in drift.items()), torch.zeros(()))
+            data_grads = dict(grads)
+            # the EWC term's gradient in closed form: lambda * F * (theta - theta*)
+            grads = {k: g + c.lambda_ewc * self.fisher[k] * drift[k] if k in dense else g for k, g in grads.items()}
+        if not torch.isfinite(data_loss) or any(not torch.isfinite(g).all() for g in grads.values()):
             self.skipped += 1
             return StepStats(float("nan"), float(ewc), 0.0, 0.0, True)  # e.g. an exploding EWC pull
         scale = max(c.min_lr_scale, 1.0 - float(entropy))
         lr = c.lr * scale
         moved = total = 0
+        self.steps += 1
         with torch.no_grad():
-            for (k, p), g, gd in zip(self.params.items(), grads, data_grads, strict=True):
-                mask = _importance(g, c.importance_threshold, rows=k == "item_delta")
-                eta = c.item_lr * scale if k == "item_delta" else lr
-                self.velocity[k].mul_(c.momentum).add_(g * mask)
-                p.sub_(eta * self.velocity[k] * mask)
-                if k == "item_delta":  # argmin_x |x - p|^2 / 2eta + lambda F x^2 / 2 (anchor 0), moved rows only
-                    p.div_(1 + eta * c.lambda_item * self.fisher[k] * mask)
-                else:  # the items' Fisher stays the training data's
-                    self.fisher[k].mul_(c.fisher_decay).add_((1 - c.fisher_decay) * gd**2)
+            for k, p in dense.items():
+                mask = _importance(grads[k], c.importance_threshold, rows=False)
+                self.velocity[k].mul_(c.momentum).add_(grads[k] * mask)
+                p.sub_(lr * self.velocity[k] * mask)
+                self.fisher[k].mul_(c.fisher_decay).add_((1 - c.fisher_decay) * data_grads[k] ** 2)
                 moved, total = moved + int(mask.sum()), total + mask.numel()
+            if items:
+                ewc = ewc + self._step_items(covered, grads["item_delta"], c.item_lr * scale)
+                moved += self._moved_rows * self.items.shape[1]
+                total += self.adapter.item_delta.numel()
         self._maybe_consolidate(len(batch))
         return StepStats(float(data_loss.detach()), float(ewc), lr, moved / max(total, 1), False)
 
-    def _lambda(self, name: str) -> float:
-        return self.config.lambda_item if name == "item_delta" else self.config.lambda_ewc
+    def _step_items(self, covered: _Rows, g: torch.Tensor, eta: float) -> torch.Tensor:
+        """Momentum SGD on the covered rows with eq. 29-30's row selection, then the proximal EWC step
+        `argmin_x |x - p|^2 / 2 eta + lambda F x^2 / 2` (anchor 0) on the rows that moved: an explicit
+        EWC gradient step diverges once eta * lambda * F > 2, and the items' Fisher grows with their
+        training counts. Rows outside the softmax's cover have no gradient, so they do not move (with a
+        threshold above 0 the selection leaves them out anyway); their velocity decays lazily, by
+        momentum ** (steps since their last update), which is the dense update's value exactly.
+        Returns the covered rows' EWC penalty before the step."""
+        c, p, v = self.config, self.adapter.item_delta, self.velocity["item_delta"]
+        ids = covered.ids if covered.ids is not None else torch.arange(len(p))
+        fisher = self.fisher["item_delta"][ids]
+        ewc = (c.lambda_item * fisher * p[ids] ** 2).sum()
+        mask = _importance(g, c.importance_threshold, rows=True)
+        decay = c.momentum ** (self.steps - self.last_step[ids]).to(v.dtype)
+        vel = v[ids] * decay.unsqueeze(1) + g * mask
+        v[ids], self.last_step[ids] = vel, self.steps
+        p[ids] = (p[ids] - eta * vel * mask) / (1 + eta * c.lambda_item * fisher * mask)
+        self._moved_rows = int(mask[:, 0].sum())
+        return ewc
 
     def observe(self, items: np.ndarray, timestamps: np.ndarray) -> None:
         """Count positive events into the streaming popularity (no-op when it is off)."""
@@ -281,7 +320,7 @@ class OnlineTrainer:
         target_term = torch.zeros(self.items.shape[1])
         n = 0
         for batch in batches:
-            per, _, u = self._losses(batch, False, None)
+            per, _, u, _ = self._losses(batch, False, None)
             grads = torch.autograd.grad(per.mean(), list(self.params.values())) if self.params else ()
             for k, g in zip(self.params, grads, strict=True):
                 acc[k] += g.detach() ** 2
@@ -306,13 +345,18 @@ class OnlineTrainer:
         """Everything a step or an observation changes, to undo them when their publish fails."""
         pop = self.popularity
         counts = None if pop is None else (pop.counts.copy(), pop.t)
-        return Snapshot(_clone(self.adapter.state_dict()), _clone(self.velocity), _clone(self.fisher),
-                        _clone(self.anchor), dict(self.loss_var), self.events_since_anchor, counts)  # fmt: skip
+        fixed = "item_delta"  # the items' Fisher and anchor never change after `fit_fisher`: not copied
+        return Snapshot(_clone(self.adapter.state_dict()), _clone(self.velocity),
+                        _clone({k: v for k, v in self.fisher.items() if k != fixed}),
+                        _clone({k: v for k, v in self.anchor.items() if k != fixed}), dict(self.loss_var),
+                        self.events_since_anchor, counts, self.last_step.clone(), self.steps)  # fmt: skip
 
     def restore(self, snap: Snapshot) -> None:
         self.adapter.load_state_dict(snap.adapter)
-        self.velocity, self.fisher, self.anchor = _clone(snap.velocity), _clone(snap.fisher), _clone(snap.anchor)
+        self.velocity = _clone(snap.velocity)
+        self.fisher, self.anchor = self.fisher | _clone(snap.fisher), self.anchor | _clone(snap.anchor)
         self.loss_var, self.events_since_anchor = dict(snap.loss_var), snap.events_since_anchor
+        self.last_step, self.steps = snap.last_step.clone(), snap.steps
         if self.popularity is not None and snap.popularity is not None:
             self.popularity.counts, self.popularity.t = snap.popularity[0].copy(), snap.popularity[1]
 
