@@ -20,3 +20,8 @@ def connect(folder: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+def in_memory() -> sqlite3.Connection:
+    """The same kind of connection to a private in-memory database (no `state_dir`: nothing survives)."""
+    return sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)

@@ -6,6 +6,7 @@ because service and learner never import each other."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import anyio
@@ -45,25 +46,59 @@ async def attach_learner(state: ServiceState, settings: LearnerSettings, store: 
                                             state.item_log)  # fmt: skip
     await resume(learner)
 
-    queue: asyncio.Queue[list[FeedbackEvent]] = asyncio.Queue()
+    db = local_state.connect(state.settings.state_dir) if state.settings.state_dir else local_state.in_memory()
+    inbox = Inbox(db)
 
     async def learn(events: list[FeedbackEvent]) -> None:
-        queue.put_nowait(events)  # the forwarder never waits on training
+        inbox.put(events)  # committed before the spool lets them go; the forwarder never waits on training
 
     async def drain() -> None:
-        """Micro-batches like the Kafka learner's: whatever arrived, at most every `in_process_wait_ms`."""
+        """Micro-batches like the Kafka learner's: whatever arrived, at most every `in_process_wait_ms`;
+        a batch leaves the inbox once processed (or given up)."""
         while True:
-            batch = await queue.get()
+            await inbox.arrived.wait()
             await asyncio.sleep(settings.batch.in_process_wait_ms / 1000)
-            while not queue.empty() and len(batch) < settings.batch.size:
-                batch += queue.get_nowait()
+            last, batch = inbox.peek(settings.batch.size)
+            if not batch:
+                inbox.arrived.clear()
+                continue
             await _learn_with_retries(learner, batch, settings.batch.max_failures)
+            inbox.done(last)
 
     sink.subscribers.append(learn)
     freeze_startup_objects()  # the learner's copy of the model joins the service's frozen start-up heap
     state.tasks.append(asyncio.create_task(drain()))  # stopped with the service
     log.info("in_process_learner_attached")
     return learner
+
+
+class Inbox:
+    """The in-process learner's queue, a SQLite table (on disk under `state_dir`, else in memory). The
+    forwarder's hand-off is committed before the spool lets the events go, and events leave the inbox
+    only once the learner has processed them: a kill in between loses nothing, and the next start
+    learns them (an event applied before the kill is known by its id and skipped)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        db.execute("CREATE TABLE IF NOT EXISTS learner_inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                   "event TEXT NOT NULL)")  # fmt: skip
+        self.arrived = asyncio.Event()
+        if db.execute("SELECT 1 FROM learner_inbox LIMIT 1").fetchone():
+            self.arrived.set()  # left by the last run
+
+    def put(self, events: list[FeedbackEvent]) -> None:
+        self._db.execute("BEGIN")
+        self._db.executemany("INSERT INTO learner_inbox (event) VALUES (?)", [(e.model_dump_json(),) for e in events])
+        self._db.execute("COMMIT")
+        self.arrived.set()
+
+    def peek(self, n: int) -> tuple[int, list[FeedbackEvent]]:
+        """The oldest `n` events and the position of the last one."""
+        rows = self._db.execute("SELECT seq, event FROM learner_inbox ORDER BY seq LIMIT ?", (n,)).fetchall()
+        return (rows[-1][0] if rows else 0), [FeedbackEvent.model_validate_json(e) for _, e in rows]
+
+    def done(self, last: int) -> None:
+        self._db.execute("DELETE FROM learner_inbox WHERE seq <= ?", (last,))
 
 
 async def _learn_with_retries(learner: Learner, batch: list[FeedbackEvent], attempts: int) -> None:
