@@ -4,16 +4,19 @@ feedback case reports events accepted (202), reached Kafka (distinct, and duplic
 applied by the learner (its audit log) and applied twice. Writes the `fault-matrix` section of
 RELIABILITY.md.
 
-    python bench/fault_matrix.py --model runs/llm4rec [--cases kafka,service,learner,redis,adapters,llm]
+    python bench/fault_matrix.py --model runs/llm4rec [--cases kafka,service,learner,redis,embedded-kill,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -95,9 +98,10 @@ class Stack:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
-    def post(self, users: int = 5, per_user: int = 2) -> bool:
-        """One feedback request; returns whether the 202 said published."""
-        events = [{"event_id": uuid.uuid4().hex, "user_id": str(1 + (i % users)), "item_id": str(1 + i % 50),
+    def post(self, users: int = 5, per_user: int = 2, items: tuple[str, ...] = ()) -> bool:
+        """One feedback request (clicks on items 1-50, or on `items`); returns whether the 202 said published."""
+        pool = items or tuple(str(1 + i) for i in range(50))
+        events = [{"event_id": uuid.uuid4().hex, "user_id": str(1 + (i % users)), "item_id": pool[i % len(pool)],
                    "type": "click"} for i in range(users * per_user)]  # fmt: skip
         r = httpx.post(f"{self.url}/feedback", json={"events": events}, timeout=30)
         r.raise_for_status()
@@ -112,6 +116,20 @@ class Stack:
             redis = Redis.from_url(self.redis_url)
             try:
                 return await RedisAdapterStore(redis, self.prefix + "a:").audit_log()
+            finally:
+                await redis.aclose()
+
+        return asyncio.run(read())
+
+    def manifest(self) -> dict[str, object]:
+        """The current adapter version's manifest."""
+
+        async def read() -> dict[str, object]:
+            redis = Redis.from_url(self.redis_url)
+            try:
+                store = RedisAdapterStore(redis, self.prefix + "a:")
+                fields = await store.fetch(await store.current())
+                return json.loads(fields[b"manifest"]) if fields else {}
             finally:
                 await redis.aclose()
 
@@ -188,16 +206,22 @@ def service_killed(model: Path) -> str:
 
 
 def learner_killed(model: Path) -> str:
+    """Also: ten items added with POST /items (the Redis stream) get a tenth of the clicks."""
+    new = tuple(f"fault-new-{j}" for j in range(10))
     with stack(model, learner=False) as s:
-        for _ in range(60):
-            s.post(users=10, per_user=5)
+        body = {"items": [{"item_id": i, "title": f"A new film {i}", "categories": ["Drama"]} for i in new]}
+        httpx.post(f"{s.url}/items", json=body, timeout=60).raise_for_status()
+        for n in range(60):
+            s.post(users=10, per_user=5, items=new if n % 10 == 0 else ())
         s.start_learner()
         wait_until(lambda: len(s.audit()) >= 300, 180, "the learner to start applying")
         s.kill("learner")  # mid-stream: batches applied, offsets of the last maybe not committed
         at_kill = len(s.audit())
         s.start_learner()
-        return s.row("learner SIGKILL mid-stream, restarted", f"{at_kill} of {len(s.accepted)} applied at the "
-                     "kill; resumed from committed offsets")  # fmt: skip
+        row = s.row("learner SIGKILL mid-stream, restarted", f"{at_kill} of {len(s.accepted)} applied at the "
+                    "kill; resumed from committed offsets")  # fmt: skip
+        known = len(set(new) & set(s.manifest().get("items", [])))
+        return row[:-2] + f"; {known} of 10 items added after training have rows in the last version |"
 
 
 def redis_restart(model: Path) -> str:
@@ -229,6 +253,66 @@ def redis_restart(model: Path) -> str:
                          f"{failures} of 30 /recommend failed meanwhile")  # fmt: skip
     finally:
         redis.kill()
+
+
+def embedded_restart(model: Path, sig: signal.Signals) -> str:
+    """`llm4rec serve` on the embedded defaults (no Kafka, no Redis): a burst of clicks, stopped by `sig`
+    before the in-process learner has taken them, then restarted on the same folders. Applied: the event
+    ids recorded in its SQLite state; applied twice: the last version's count of events learnt beyond
+    the distinct ids applied."""
+    work = Path(tempfile.mkdtemp(prefix="fault-embedded-"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")} | {
+        "RECSYS_MODEL_DIR": str(model), "RECSYS_CACHE_DIR": str(CACHE),
+        "RECSYS_INDEX__LOCATION": str(ROOT / ".cache/index"), "RECSYS_STATE_DIR": str(work / "state"),
+        "RECSYS_FEEDBACK__SPOOL_DIR": str(work / "spool"),
+        "RECSYS_ADDED_ITEMS_LOG": str(work / "items.jsonl"), "RECSYS_GUARD__HOLDOUT_EVERY": "0"}  # fmt: skip
+    accepted: list[str] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "llm4rec", "serve", "--port", str(port), "--no-train-if-missing"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"{url}/readyz", timeout_s=300, ok=300)
+        return proc
+
+    def post(n: int) -> None:
+        events = [{"event_id": uuid.uuid4().hex, "user_id": str(1 + i % 5), "item_id": str(1 + i % 50),
+                   "type": "click"} for i in range(n)]  # fmt: skip
+        httpx.post(f"{url}/feedback", json={"events": events}, timeout=30).raise_for_status()
+        accepted.extend(e["event_id"] for e in events)
+
+    def state() -> tuple[set[str], int]:
+        db = sqlite3.connect(work / "state" / "embedded.sqlite")
+        try:
+            applied = {row[0] for row in db.execute("SELECT id FROM applied_events")}
+            raw = db.execute("SELECT value FROM adapter_fields WHERE name = 'manifest' ORDER BY version DESC LIMIT 1")
+            row = raw.fetchone()
+            return applied, json.loads(row[0])["events_seen"] if row else 0
+        finally:
+            db.close()
+
+    proc = start()
+    try:
+        for _ in range(15):
+            post(10)
+        proc.send_signal(sig)
+        proc.wait(30)
+        at_stop = len(state()[0] & set(accepted))
+        proc = start()
+        for _ in range(5):
+            post(10)
+        wait_until(lambda: state()[0] >= set(accepted), 240, "the restarted learner to apply every event")
+        applied, seen = state()
+    finally:
+        proc.kill()
+        proc.wait()
+    mine = set(accepted)
+    return (
+        f"| embedded `llm4rec serve` {sig.name} mid-stream, restarted | {len(mine)} | - (in process) | "
+        f"{len(applied & mine)} | {seen - len(applied & mine)} | {len(mine - applied)} | {at_stop} of 150 "
+        "applied at the stop; the rest learnt after the restart from the spool and the learner's inbox |"
+    )
 
 
 def bad_adapters(model: Path) -> str:
@@ -310,10 +394,12 @@ def llm_faults(model: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "runs/llm4rec")
-    p.add_argument("--cases", default="kafka,service,learner,redis,adapters,llm")
+    p.add_argument("--cases", default="kafka,service,learner,redis,embedded-kill,embedded-term,adapters,llm")
     args = p.parse_args()
     wanted = args.cases.split(",")
-    cases = {"kafka": kafka_outage, "service": service_killed, "learner": learner_killed, "redis": redis_restart}
+    cases = {"kafka": kafka_outage, "service": service_killed, "learner": learner_killed, "redis": redis_restart,
+             "embedded-kill": functools.partial(embedded_restart, sig=signal.SIGKILL),
+             "embedded-term": functools.partial(embedded_restart, sig=signal.SIGTERM)}  # fmt: skip
     feedback = []
     for key, fn in cases.items():
         if key in wanted:
