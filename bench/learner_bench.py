@@ -63,14 +63,20 @@ def _learner(model: Path, guard: GuardSettings | None = None, **online: float) -
                          OnlineSettings(**online).to_config(), guard.to_config(), LearnerMetrics())  # type: ignore[arg-type]  # fmt: skip
 
 
-def _rate(model: Path, stream: list[list[FeedbackEvent]], **online: float | bool) -> float:
-    learner = _learner(model, **online)
+def _rates(model: Path, stream: list[list[FeedbackEvent]], arms: list[dict[str, float | bool]]) -> list[float]:
+    """Events/s of each arm's learner on the same batches, their timed batches interleaved so that a
+    change in the machine's load falls on every arm alike."""
+    learners = [_learner(model, **online) for online in arms]
     for b in stream[:WARM]:  # warm-up: fills the per-user frozen-model vector cache, as a running learner has
-        asyncio.run(learner.process(b))
-    t = time.perf_counter()
+        for learner in learners:
+            asyncio.run(learner.process(b))
+    seconds = [0.0] * len(arms)
     for b in stream[WARM:]:
-        asyncio.run(learner.process(b))
-    return sum(map(len, stream[WARM:])) / (time.perf_counter() - t)
+        for j, learner in enumerate(learners):
+            t = time.perf_counter()
+            asyncio.run(learner.process(b))
+            seconds[j] += time.perf_counter() - t
+    return [sum(map(len, stream[WARM:])) / s for s in seconds]
 
 
 def throughput(model: Path, batches: int = 20, size: int = 256) -> str:
@@ -81,13 +87,12 @@ def throughput(model: Path, batches: int = 20, size: int = 256) -> str:
     stream = [[FeedbackEvent(user_id=users[int(u)], item_id=items[int(i)], type="click")  # type: ignore[arg-type]
                for u, i in zip(rng.integers(len(users), size=size), rng.integers(len(items), size=size), strict=True)]
               for _ in range(batches + WARM)]  # fmt: skip
-    old = _rate(model, stream, adapter_updates=True, item_updates=False, popularity_half_life_days=0)
-    rate = _rate(model, stream)
+    old, rate = _rates(model, stream, [ARMS["adapter alone (the old learner)"], {}])
     return (f"### Throughput\n\n{rate:,.0f} events/s on one core with the learner's defaults, against {old:,.0f} for "
-            f"the adapter alone in the same run ({rate / old:.2f}x); {batches} micro-batches of {size} random clicks "
-            f"on `{model.name}` ({ck.data.name}, {ck.data.num_items:,} items) after {WARM} warm-up batches, one torch "
-            "thread, sampled softmax (1,024 negatives), each batch published: encode, sign, store; a user's "
-            "frozen-model vector is recomputed after every 5 of their events.\n")  # fmt: skip
+            f"the adapter alone in the same run ({rate / old:.2f}x, batches interleaved); {batches} micro-batches "
+            f"of {size} random clicks on `{model.name}` ({ck.data.name}, {ck.data.num_items:,} items) after {WARM} "
+            "warm-up batches, one torch thread, sampled softmax (1,024 negatives), each batch published: encode, "
+            "sign, store; a user's frozen-model vector is recomputed after every 5 of their events.\n")  # fmt: skip
 
 
 def _rank_metrics(scores: torch.Tensor, targets: list[int], exclude: list[set[int]]) -> tuple[list[float], list[float]]:
