@@ -31,13 +31,21 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
 from models.data import RecDataset
+from models.llm4rec import LLM4Rec
 from models.scoring import pad_histories
 from models.splits import Split, leave_one_out
 from recdata import load_dataset
 from training.ablation import DEFAULT
 from training.coldstart import OnlyAmong, cold_eval_set, random_hit_rate, withhold_items
-from training.evaluate import evaluate
-from training.experiment import RunConfig, llm4rec_fit_config, llm4rec_metrics, test_metrics, train_baseline
+from training.evaluate import EvalContext, evaluate
+from training.experiment import (
+    RunConfig,
+    llm4rec_fit_config,
+    llm4rec_metrics,
+    open_checkpoint,
+    test_metrics,
+    train_baseline,
+)
 from training.llm4rec_train import (
     GAMMA_MULTIPLIERS,
     GAMMA_TOLERANCE,
@@ -98,11 +106,11 @@ def accuracy(data: RecDataset, split: Split, seeds: list[int], models: list[str]
     return text, first
 
 
-def debiasing(trained: TrainedLLM4Rec, split: Split) -> str:
+def debiasing(model: LLM4Rec, ctx: EvalContext, split: Split, source: str) -> str:
     """Test metrics at the served default gamma beside the validation best (over a grid that also
     amplifies popularity), the learned gamma and zero."""
-    model, learned = trained.model, float(trained.model.gamma.detach())
-    by_gamma = validation_by_gamma(model, split, trained.ctx, (*GAMMA_MULTIPLIERS, 1.5, 2.0))
+    learned = float(model.gamma.detach())
+    by_gamma = validation_by_gamma(model, split, ctx, (*GAMMA_MULTIPLIERS, 1.5, 2.0))
     candidates = {g: v for g, v in by_gamma.items() if abs(g) <= abs(learned)}
     chosen = {
         "served default": smallest_near_best(candidates, GAMMA_TOLERANCE),
@@ -115,9 +123,9 @@ def debiasing(trained: TrainedLLM4Rec, split: Split) -> str:
         model.serve_gamma = gamma
         valid = {"valid NDCG@10": by_gamma[gamma]} if gamma in by_gamma else {}
         name = f"{label}: gamma = {gamma:.3f} ({gamma / learned if learned else 0:.2g} x learned)"
-        rows[name] = {**valid, **evaluate(model, split.test, trained.ctx)}
+        rows[name] = {**valid, **evaluate(model, split.test, ctx)}
     model.serve_gamma = kept
-    return (f"Serving-time do(popularity) on the seed-0 model (learned gamma {learned:.3f}). The served default is "
+    return (f"Serving-time do(popularity) on {source} (learned gamma {learned:.3f}). The served default is "
             f"the candidate in {{{', '.join(f'{m:g}' for m in GAMMA_MULTIPLIERS)}}} x learned closest to 0 whose "
             f"validation NDCG@10 is within {GAMMA_TOLERANCE:.0%} of the best of them; the validation best is "
             "taken over a grid up to 2 x learned; gamma = 0 removes popularity's direct effect entirely.\n\n"
@@ -234,6 +242,12 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--models", default="sasrec,llm4rec",
                    help="models the accuracy section trains; '' rebuilds its table from kept results")  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="popularity: evaluate this `llm4rec train` checkpoint "
+        "(leave-one-out, this dataset) instead of training the first seed's model",
+    )
     p.add_argument("--sections", default="accuracy,popularity,fairness,cold-start",
                    help="accuracy, popularity (the served gamma; seed 0), fairness, cold-start")  # fmt: skip
     args = p.parse_args()
@@ -250,9 +264,13 @@ def main() -> None:
         text, first = accuracy(data, split, seeds, models)
         write_section(f"llm4rec-{data.name}", "\n".join([f"## LLM4Rec on {data.name}\n", command, text]))
     if "popularity" in sections:
-        body = f"## Popularity intervention on {data.name}\n\n{command}\n" + debiasing(
-            first or train(data, split, seeds[0]), split
-        )
+        if args.checkpoint:  # a model trained by `llm4rec train` on this dataset, leave-one-out
+            ck = open_checkpoint(args.checkpoint, CACHE)
+            model, ctx, source = ck.model, EvalContext.build(ck.data, ck.train), f"`{args.checkpoint}`"
+        else:
+            trained = first or train(data, split, seeds[0])
+            model, ctx, source = trained.model, trained.ctx, f"the seed-{seeds[0]} model"
+        body = f"## Popularity intervention on {data.name}\n\n{command}\n" + debiasing(model, ctx, split, source)
         print(body, flush=True)
         write_section(f"popularity-{data.name}", body)
     if "fairness" in sections and data.sensitive:
