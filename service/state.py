@@ -30,7 +30,7 @@ from retrieval.history import (
     SqliteHistoryStore,
     dataset_histories,
 )
-from retrieval.item_log import FileItemLog, ItemLog, RedisItemLog
+from retrieval.item_log import START, FileItemLog, ItemLog, RedisItemLog
 from service.adapters import AdapterWatcher
 from service.components import Components, NotReadyError, build_cold_start, build_components, with_context
 from service.explain import Explainer
@@ -198,6 +198,8 @@ async def build_state(settings: Settings, metrics: Metrics, adapter_store: Adapt
     )  # fmt: skip
     seeded = await _seed(history, c)
     state.tasks.append(asyncio.create_task(forwarder.run()))
+    if redis is not None:  # other replicas write the same log: their items are served here too
+        state.tasks.append(asyncio.create_task(_follow_items(state, settings.adapter.poll_s)))
     if c.model.cold_start:
         state.tasks.append(asyncio.create_task(state.embed_cold_start()))
     log.info("service_started", model_version=c.model_version, cold_start=c.model.cold_start,
@@ -278,6 +280,21 @@ async def add_items(state: ServiceState, new: list[NewItem]) -> list[str]:
 
 class ItemsNotDurableError(RuntimeError):
     """The item log could not be written: nothing was added, the client retries."""
+
+
+async def _follow_items(state: ServiceState, poll_s: float) -> None:
+    """Items other replicas added, read from the shared log every `poll_s` (as stale as an adapter may
+    be) and added to the served catalogue; the ones this replica knows already are skipped."""
+    cursor = START
+    while True:
+        try:
+            items, cursor = await state.item_log.read(cursor)
+            if items:
+                async with state.items_lock:
+                    await anyio.to_thread.run_sync(state.serving.current.c.catalogue.add, items)
+        except Exception as e:  # Redis away: retried at the next poll, from the same cursor
+            log.warning("item_log_unreadable", error=str(e))
+        await asyncio.sleep(poll_s)
 
 
 async def _added_items(item_log: ItemLog) -> list[NewItem]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from httpx import AsyncClient
 from redis.asyncio import Redis
 
 from common.adapter import decode
@@ -151,3 +152,15 @@ async def test_an_item_the_log_cannot_take_is_refused_with_a_503_and_not_added(s
         assert r.status_code == 503
         assert r.json()["detail"]["reason"] == "items could not be made durable; retry"
         assert (await client.get("/items/new-space")).status_code == 404
+
+
+async def test_items_another_replica_added_are_served_within_a_poll(settings: Settings) -> None:
+    a = settings.adapter.model_copy(update={"poll_s": 0.2})
+    async with serve(with_(settings, adapter=a)) as (client, app):
+        other = RedisItemLog(app_state(app).redis, settings.items_stream)  # what another replica's POST writes
+        await other.append(NEW[:1])
+        await until(lambda: _found(client, NEW[0].item_id), 10)
+
+
+async def _found(client: AsyncClient, item_id: str) -> bool:
+    return (await client.get(f"/items/{item_id}")).status_code == 200
