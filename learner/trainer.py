@@ -137,7 +137,6 @@ class OnlineTrainer:
         self.skipped = 0
         self.steps = 0  # item-row steps taken; `last_step` (N,): the step each row's velocity was last updated
         self.last_step = torch.zeros(self.items.shape[0], dtype=torch.int64)
-        self._moved_rows = 0
         self._user_cache: dict[str, tuple[int, torch.Tensor]] = {}
 
     def add_items(self, vectors: torch.Tensor) -> None:
@@ -255,20 +254,20 @@ class OnlineTrainer:
                 self.fisher[k].mul_(c.fisher_decay).add_((1 - c.fisher_decay) * data_grads[k] ** 2)
                 moved, total = moved + int(mask.sum()), total + mask.numel()
             if items:
-                ewc = ewc + self._step_items(covered, grads["item_delta"], c.item_lr * scale)
-                moved += self._moved_rows * self.items.shape[1]
+                item_ewc, rows_moved = self._step_items(covered, grads["item_delta"], c.item_lr * scale)
+                ewc, moved = ewc + item_ewc, moved + rows_moved * self.items.shape[1]
                 total += self.adapter.item_delta.numel()
         self._maybe_consolidate(len(batch))
         return StepStats(float(data_loss.detach()), float(ewc), lr, moved / max(total, 1), False)
 
-    def _step_items(self, covered: _Rows, g: torch.Tensor, eta: float) -> torch.Tensor:
+    def _step_items(self, covered: _Rows, g: torch.Tensor, eta: float) -> tuple[torch.Tensor, int]:
         """Momentum SGD on the covered rows with eq. 29-30's row selection, then the proximal EWC step
         `argmin_x |x - p|^2 / 2 eta + lambda F x^2 / 2` (anchor 0) on the rows that moved: an explicit
         EWC gradient step diverges once eta * lambda * F > 2, and the items' Fisher grows with their
         training counts. Rows outside the softmax's cover have no gradient, so they do not move (with a
         threshold above 0 the selection leaves them out anyway); their velocity decays lazily, by
         momentum ** (steps since their last update), which is the dense update's value exactly.
-        Returns the covered rows' EWC penalty before the step."""
+        Returns the covered rows' EWC penalty before the step and how many rows moved."""
         c, p, v = self.config, self.adapter.item_delta, self.velocity["item_delta"]
         ids = covered.ids if covered.ids is not None else torch.arange(len(p))
         fisher = self.fisher["item_delta"][ids]
@@ -278,8 +277,7 @@ class OnlineTrainer:
         vel = v[ids] * decay.unsqueeze(1) + g * mask
         v[ids], self.last_step[ids] = vel, self.steps
         p[ids] = (p[ids] - eta * vel * mask) / (1 + eta * c.lambda_item * fisher * mask)
-        self._moved_rows = int(mask[:, 0].sum())
-        return ewc
+        return ewc, int(mask[:, 0].sum())
 
     def observe(self, items: np.ndarray, timestamps: np.ndarray) -> None:
         """Count positive events into the streaming popularity (no-op when it is off)."""
