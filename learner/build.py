@@ -86,7 +86,7 @@ async def resume(learner: Learner) -> int:
     fields = await learner.store.fetch(version) if version else None
     if fields is None:
         return 0
-    rank, dim = learner.published_state["A"].shape
+    rank, dim = learner.published_adapter.A.shape
     try:
         expect = ServingAdapter.shapes_for(dim, learner.trained_items, rank)
         manifest, tensors = decode(fields, learner.key, expect, newer_than=0)

@@ -26,6 +26,7 @@ from common.adapter_store import AdapterStore
 from common.events import EventType, FeedbackEvent
 from learner.metrics import LearnerMetrics
 from learner.trainer import EXPLICIT, IMPLICIT, ITEM_ROWS, Example, OnlineTrainer, StepStats
+from models.adapter import placed_rows
 from retrieval.catalog import NewItem
 from retrieval.history import HistoryStore
 from retrieval.item_log import START, ItemLog
@@ -136,17 +137,15 @@ class Learner:
         """Continue from published `tensors` whose rows after the trained ones are `items` (by id): rows
         are placed by id, and an item the learner does not know (its log entry is gone) is left out."""
         out = self.trainer.state()
-        n = self.trained_items
-        pairs = [(n + j, self.item_index[x]) for j, x in enumerate(items) if x in self.item_index]
-        src = np.array([*range(n), *(s for s, _ in pairs)], np.int64)
-        dst = np.array([*range(n), *(d for _, d in pairs)], np.int64)
+        src, dst = placed_rows(self.trained_items, items, self.item_index, len(self.item_ids))
         for k, v in tensors.items():
             if k in ITEM_ROWS or k == "log_pop":
                 out[k][dst] = v[src]
             else:
                 out[k] = np.array(v)
-        if len(pairs) < len(items):
-            log.warning("adapter_rows_dropped", rows=len(items) - len(pairs), reason="items not in the item log")
+        if len(src) < self.trained_items + len(items):
+            log.warning("adapter_rows_dropped", rows=self.trained_items + len(items) - len(src),
+                        reason="items not in the item log")  # fmt: skip
         self.trainer.load(out)
         self.published_adapter.load_tensors(out)
 

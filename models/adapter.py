@@ -68,6 +68,17 @@ class ServingAdapter(nn.Module):
         return lambda m: ServingAdapter.shapes(dim, trained_items + len(m.items), rank)
 
 
+def placed_rows(trained: int, items: Sequence[str], index: Mapping[str, int], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where a version's item rows go in a catalogue of `n` items: (source rows, destination rows). The
+    trained rows keep their place; the rows after them, named by `items`, go where `index` puts those
+    ids; rows for ids the catalogue does not hold (or holds beyond `n`) are left out."""
+    added = [(trained + j, index.get(x, n)) for j, x in enumerate(items)]
+    kept = [(r, i) for r, i in added if i < n]
+    src = np.array([*range(min(n, trained)), *(r for r, _ in kept)], np.int64)
+    dst = np.array([*range(min(n, trained)), *(i for _, i in kept)], np.int64)
+    return src, dst
+
+
 class AdapterView:
     """The service's read-only numpy view of one adapter version: swapped as one reference."""
 
@@ -93,10 +104,7 @@ class AdapterView:
         """(N, D + 1) index rows: the base model's item vectors (popularity coordinate last) as this
         version corrects them. `item_index` places the added items' rows; an item this version has no
         row for keeps its base row."""
-        n = len(vectors)
-        added = [(self.trained + j, item_index.get(x, n)) for j, x in enumerate(self.items)]
-        src = np.array([*range(min(n, self.trained)), *(r for r, i in added if i < n)], np.int64)
-        dst = np.array([*range(min(n, self.trained)), *(i for _, i in added if i < n)], np.int64)
+        src, dst = placed_rows(self.trained, self.items, item_index, len(vectors))
         out = vectors.copy()
         out[dst, :-1] += self.item_delta[src]
         out[dst, -1] = self.log_pop[src]

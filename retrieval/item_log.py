@@ -45,7 +45,7 @@ def from_json(line: str | bytes) -> NewItem:
 
 
 class FileItemLog:
-    """Cursor: the number of items read so far."""
+    """Cursor: the byte offset after the last complete line read (a read starts there, not at the top)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -68,8 +68,14 @@ class FileItemLog:
     def read_sync(self, after: str = START) -> tuple[list[NewItem], str]:
         if not self.path.exists():
             return [], after
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        return [i for line in lines[int(after) :] if (i := _parsed(line)) is not None], str(len(lines))
+        with self.path.open("rb") as f:
+            f.seek(int(after))
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+        lines = complete.decode().splitlines()
+        return [i for line in lines if line.strip() and (i := _parsed(line)) is not None], str(
+            int(after) + len(complete)
+        )
 
 
 class RedisItemLog:

@@ -147,7 +147,7 @@ class ServiceState:
             if c.model.cold_start and not self.recommender.c.model.cold_start:
                 c.close()
                 return
-            await anyio.to_thread.run_sync(c.catalogue.add, await _added_items(self.item_log))
+            await anyio.to_thread.run_sync(c.catalogue.add, (await _added_items(self.item_log))[0])
             s = self.settings
             recommender, task = await _recommender(s, self.metrics, self.adapter_store, self.redis, self.history, c)
             await self.serving.swap(recommender, task)
@@ -180,7 +180,8 @@ async def build_state(settings: Settings, metrics: Metrics, adapter_store: Adapt
     text = await anyio.to_thread.run_sync(TextEncoder, settings.cache_dir)
     redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
     item_log = item_log_of(settings, redis)
-    c = await anyio.to_thread.run_sync(_first_bundle, settings, text, await _added_items(item_log))
+    added, cursor = await _added_items(item_log)
+    c = await anyio.to_thread.run_sync(_first_bundle, settings, text, added)
     history, deduper = _history_and_event_ids(settings, redis, metrics)
     sink: EventSink = KafkaEventSink(settings.kafka.bootstrap_servers, settings.kafka.topic,
                                      settings.kafka.request_timeout_ms) if settings.kafka.bootstrap_servers \
@@ -199,7 +200,7 @@ async def build_state(settings: Settings, metrics: Metrics, adapter_store: Adapt
     seeded = await _seed(history, c)
     state.tasks.append(asyncio.create_task(forwarder.run()))
     if redis is not None:  # other replicas write the same log: their items are served here too
-        state.tasks.append(asyncio.create_task(_follow_items(state, settings.adapter.poll_s)))
+        state.tasks.append(asyncio.create_task(_follow_items(state, cursor, settings.adapter.poll_s)))
     if c.model.cold_start:
         state.tasks.append(asyncio.create_task(state.embed_cold_start()))
     log.info("service_started", model_version=c.model_version, cold_start=c.model.cold_start,
@@ -282,10 +283,9 @@ class ItemsNotDurableError(RuntimeError):
     """The item log could not be written: nothing was added, the client retries."""
 
 
-async def _follow_items(state: ServiceState, poll_s: float) -> None:
-    """Items other replicas added, read from the shared log every `poll_s` (as stale as an adapter may
-    be) and added to the served catalogue; the ones this replica knows already are skipped."""
-    cursor = START
+async def _follow_items(state: ServiceState, cursor: str, poll_s: float) -> None:
+    """Items other replicas added, read from the shared log after `cursor` every `poll_s` (as stale as
+    an adapter may be) and added to the served catalogue; the ones this replica knows already are skipped."""
     while True:
         try:
             items, cursor = await state.item_log.read(cursor)
@@ -297,14 +297,15 @@ async def _follow_items(state: ServiceState, poll_s: float) -> None:
         await asyncio.sleep(poll_s)
 
 
-async def _added_items(item_log: ItemLog) -> list[NewItem]:
-    """Every item added since training, oldest first. An unreadable log (Redis away at start-up) serves
-    the trained catalogue, and says so: the next model swap reads it again."""
+async def _added_items(item_log: ItemLog) -> tuple[list[NewItem], str]:
+    """Every item added since training, oldest first, and the log's cursor after them. An unreadable log
+    (Redis away at start-up) serves the trained catalogue, and says so: the next model swap reads it
+    again, and a replica's follower from the start."""
     try:
-        return (await item_log.read())[0]
+        return await item_log.read()
     except Exception as e:
         log.warning("added_items_unreadable", error=str(e))
-        return []
+        return [], START
 
 
 async def _seed(history: HistoryStore, c: Components) -> int:
