@@ -2,7 +2,7 @@
 and freshness (feedback -> served adapter) through the real service, Kafka protocol and Redis.
 
     python bench/learner_bench.py --model runs/llm4rec --temporal-model runs/llm4rec-temporal
-        [--sections throughput,prequential,forgetting,freshness]
+        [--sections throughput,prequential,forgetting,freshness] [--arms ARM,...]
 
 - throughput: `Learner.process` on micro-batches of 256 events (one torch thread), publishing each
   batch's adapter to an in-process store (encode and sign included).
@@ -10,8 +10,11 @@ and freshness (feedback -> served adapter) through the real service, Kafka proto
   (`--temporal-model`, any dataset); the remaining interactions (first-time user-item pairs) stream in
   time order in batches of 64; each event is first scored (rank of its item among the listed items the
   user has not met, HR@10 and NDCG@10), then the batch is learned. Items first seen after the cut are
-  listed when first clicked, with their content-only vectors. Arms: popularity fixed at the cut and
-  streaming (the floors), frozen, and the learner with each part switched on alone and together.
+  listed when first clicked, with their content-only vectors. Users are encoded as the service
+  encodes them. Arms: popularity fixed at the cut and streaming (the floors), frozen, the learner with
+  each part switched on alone and together, and a periodic full retrain every tenth of the stream
+  (the yardstick), each with the CPU seconds it spent learning. `--arms` runs some of them; the table
+  shows every arm stored for the checkpoint (.cache/prequential), so slow arms can run in parallel.
 - forgetting: the adapter alone, or the item rows alone, learn from a drifted segment (random users
   suddenly clicking one genre), then the temporal model's own test set is evaluated (full ranking),
   at several consolidation weights.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -46,21 +50,29 @@ from learner.build import DAY_S, build_learner  # noqa: E402
 from learner.metrics import LearnerMetrics  # noqa: E402
 from learner.pipeline import Learner  # noqa: E402
 from learner.popularity import DecayedPopularity  # noqa: E402
-from learner.settings import GuardSettings, OnlineSettings  # noqa: E402
+from learner.settings import GuardSettings, LearnerSettings, OnlineSettings  # noqa: E402
+from models.data import Interactions  # noqa: E402
+from models.llm4rec import LLM4RecConfig  # noqa: E402
+from models.scoring import TrainData  # noqa: E402
 from models.splits import temporal  # noqa: E402
 from service.state import app_state  # noqa: E402
-from training.checkpoint import read_checkpoint_meta  # noqa: E402
+from training.checkpoint import Switches, build_model, checkpoint_version, read_checkpoint_meta, save_checkpoint  # noqa: E402
 from training.experiment import OpenedCheckpoint as Checkpoint  # noqa: E402
 from training.experiment import open_checkpoint  # noqa: E402
+from training.fit import seed_everything  # noqa: E402
 
 CACHE = ROOT / ".cache/text-embeddings"
+RESULTS = ROOT / ".cache/prequential"  # per-event results of each arm, by checkpoint version
+USER_REFRESH_EVERY = LearnerSettings.model_fields["user_refresh_every"].default
 WARM = 20
 
 
-def _learner(model: Path, guard: GuardSettings | None = None, **online: float) -> Learner:
+def _learner(model: Path, guard: GuardSettings | None = None, user_refresh_every: int = USER_REFRESH_EVERY,
+             **online: float) -> Learner:  # fmt: skip
     guard = guard or GuardSettings(holdout_every=0)
     return build_learner(model, CACHE, MemoryAdapterStore(), AdapterSettings(signing_key="bench"),  # type: ignore[arg-type]
-                         OnlineSettings(**online).to_config(), guard.to_config(), LearnerMetrics())  # type: ignore[arg-type]  # fmt: skip
+                         OnlineSettings(**online).to_config(), guard.to_config(), LearnerMetrics(),  # type: ignore[arg-type]
+                         user_refresh_every=user_refresh_every)  # fmt: skip
 
 
 def _rates(model: Path, stream: list[list[FeedbackEvent]], arms: list[dict[str, float | bool]]) -> list[float]:
@@ -108,10 +120,11 @@ def _rank_metrics(scores: torch.Tensor, targets: list[int], exclude: list[set[in
     return hr, ndcg
 
 
-def _scores(learner: Learner, histories: list[np.ndarray]) -> torch.Tensor:
+def _scores(learner: Learner, histories: list[np.ndarray], users: list[str] | None = None) -> torch.Tensor:
+    """Scores of every item; with `users`, their vectors under the cache policy the service serves with."""
     t = learner.trainer
     with torch.no_grad():
-        return t.adapter.scores(t.base_users(histories), t.items, t.gamma)
+        return t.adapter.scores(t.base_users(histories, users or ()), t.items, t.gamma)
 
 
 # what each arm learns; every arm reads the same growing histories and catalogue
@@ -122,8 +135,18 @@ ARMS: dict[str, dict[str, float | bool]] = {
     "streaming popularity alone": {"item_updates": False},
     "learner defaults (item rows + streaming popularity)": {},
     "defaults + adapter": {"adapter_updates": True},
+    "frozen, users re-encoded at every event": {
+        "adapter_updates": False,
+        "item_updates": False,
+        "popularity_half_life_days": 0,
+        "user_refresh_every": 1,
+    },
+    "defaults, users re-encoded at every event": {"user_refresh_every": 1},
 }
 HALF_LIFE_DAYS = 180.0
+FROZEN = ARMS["frozen"]
+RETRAIN = "periodic full retrain (every 10%)"
+FLOORS = {"popularity fixed at the cut": None, "popularity streaming": HALF_LIFE_DAYS}
 
 
 def _stream(ck: Checkpoint) -> list[tuple[int, int, int]]:
@@ -157,27 +180,75 @@ class _PopularityArm:
             self.pop.add(np.array([i for _, i, _ in chunk]), np.array([t for _, _, t in chunk]))
 
 
-def _replay(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], arm: str, batch: int) -> np.ndarray:
+class _Retrainer:
+    """The yardstick (what Gorse does): every tenth of the stream, a new model trained from scratch on
+    the cut's interactions plus the stream so far, served frozen until the next. It trains for the
+    epochs the cut's model needed to reach its best validation (the stream offers no held-out period to
+    stop on), with the same switches, configuration, seed and serving gamma (as a multiple of the
+    learned one). `cpu_s`: the process CPU seconds its trainings took."""
+
+    def __init__(self, ck: Checkpoint, model: Path, stream_len: int, folder: Path) -> None:
+        meta = read_checkpoint_meta(model)
+        self.ck, self.folder, self.meta = ck, folder, meta
+        self.epochs = int(meta["fit"]["best_epoch"])
+        self.gamma_multiple = float(ck.model.serve_gamma or 0.0) / max(float(ck.model.gamma.detach()), 1e-12)
+        self.due = {stream_len * k // 10 for k in range(1, 10)}
+        self.cpu_s = 0.0
+
+    def retrain(self, seen: list[tuple[int, int, int]]) -> Path:
+        start = time.process_time()
+        log, data = self.ck.train.log, self.ck.data
+        columns = zip((log.user, log.item, log.timestamp), zip(*seen, strict=True), strict=True)
+        user, item, ts = (np.concatenate([old, np.array(new, np.int64)]) for old, new in columns)
+        order = np.lexsort((ts, user))  # Interactions' order: by user, then time
+        train = TrainData(Interactions(user[order], item[order], ts[order]), data.num_users, data.num_items)
+        sw = Switches(**self.meta["switches"])
+        rng = seed_everything(int(self.meta["run"]["seed"]))
+        model = build_model(data, train, sw, CACHE, progress=False, base=LLM4RecConfig.from_dict(self.meta["model"]))
+        for _ in tqdm(range(self.epochs), desc=f"retrain on {len(train.log):,} interactions", leave=False):
+            model.fit_epoch(train, rng)
+        model.eval()
+        model.serve_gamma = self.gamma_multiple * float(model.gamma.detach())
+        out = self.folder / f"at-{len(seen)}"
+        save_checkpoint(out, model, data, train.log, sw, {k: self.meta[k] for k in ("dataset_ref", "run")})
+        self.cpu_s += time.process_time() - start
+        return out
+
+
+def _replay(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], arm: str,
+            batch: int) -> tuple[np.ndarray, float]:  # fmt: skip
     """Per scored event: (HR@10, NDCG@10, the item's clicks in the stream before it, whether the item
-    was new after the cut). Items enter the catalogue when first clicked (content-only vectors, as
-    POST /items gives them), users are scored once they have a history."""
-    floor = {"popularity fixed at the cut": None, "popularity streaming": HALF_LIFE_DAYS}
-    pop_arm = _PopularityArm(ck, floor[arm]) if arm in floor else None
-    learner = _learner(model, GuardSettings(), **({} if pop_arm else ARMS[arm]))
+    was new after the cut), and the CPU seconds the arm spent learning. Items enter the catalogue when
+    first clicked (content-only vectors, as POST /items gives them), users are scored once they have a
+    history."""
+    with tempfile.TemporaryDirectory() as folder:
+        return _replay_in(ck, model, stream, arm, batch, Path(folder))
+
+
+def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], arm: str, batch: int,
+               folder: Path) -> tuple[np.ndarray, float]:  # fmt: skip
+    pop_arm = _PopularityArm(ck, FLOORS[arm]) if arm in FLOORS else None
+    retrainer = _Retrainer(ck, model, len(stream), folder) if arm == RETRAIN else None
+    learner = _learner(model, GuardSettings(), **(FROZEN if retrainer else {} if pop_arm else ARMS[arm]))
     learner.histories = {ck.data.user_ids[u]: [int(x) for x in h] for u, h in ck.train.sequences().items()}
+    cpu_s = 0.0
     met = {u: set(h) for u, h in learner.histories.items()}  # exclusions: every item met, uncapped
     listed = ck.train.popularity() > 0
     warm = listed.copy()
     clicks = np.zeros(ck.data.num_items, np.int64)
     out = []
     for lo in tqdm(range(0, len(stream), batch), desc=f"prequential: {arm}", leave=False):
+        if retrainer and any(lo <= d < lo + batch for d in retrainer.due):
+            histories = learner.histories
+            learner = _learner(retrainer.retrain(stream[:lo]), GuardSettings(), **FROZEN)
+            learner.histories = histories
         chunk = stream[lo : lo + batch]
         listed[[i for _, i, _ in chunk]] = True  # announced before it is clicked
         users = [ck.data.user_ids[u] for u, _, _ in chunk]
         known = [k for k, uid in enumerate(users) if learner.histories.get(uid)]
         if known:
             hs = [np.asarray(learner.histories[users[k]], np.int64) for k in known]
-            s = pop_arm.scores(len(known)).clone() if pop_arm else _scores(learner, hs)
+            s = pop_arm.scores(len(known)).clone() if pop_arm else _scores(learner, hs, [users[k] for k in known])
             s[:, ~torch.from_numpy(listed)] = -torch.inf
             targets = [chunk[k][1] for k in known]
             h, n = _rank_metrics(s, targets, [met[users[k]] for k in known])
@@ -192,19 +263,33 @@ def _replay(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], arm
             for e in events:
                 learner.histories.setdefault(e.user_id, []).append(learner.item_index[e.item_id])
         else:
+            start = time.process_time()
             asyncio.run(learner.process(events))
-    return np.array(out)
+            cpu_s += time.process_time() - start
+    return np.array(out), cpu_s + (retrainer.cpu_s if retrainer else 0.0)
 
 
 CLICK_BUCKETS = ((0, 1), (1, 5), (5, 20), (20, 50), (50, None))  # clicks before the scored event
 
 
 def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: list[str] | None = None) -> str:
+    """Runs `arms` (default: all) and writes each arm's per-event results under bench/results, keyed by
+    the checkpoint's version; the table shows every arm stored for this version, so arms can be run
+    in separate processes (the retrain arm is the slow one)."""
     ck = open_checkpoint(model, CACHE)
     stream = _stream(ck)[:limit] if limit else _stream(ck)
     new = len({i for _, i, _ in stream} - set(np.flatnonzero(ck.train.popularity() > 0).tolist()))
-    names = arms or ["popularity fixed at the cut", "popularity streaming", *ARMS]
-    results = {name: _replay(ck, model, stream, name, batch) for name in tqdm(names, desc="prequential arms")}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    store = RESULTS / f"prequential-{checkpoint_version(model)}-{len(stream)}-{batch}.npz"
+    saved = dict(np.load(store)) if store.exists() else {}
+    for name in tqdm(arms or [*FLOORS, *ARMS, RETRAIN], desc="prequential arms"):
+        r, cpu_s = _replay(ck, model, stream, name, batch)
+        saved = dict(np.load(store)) if store.exists() else {}  # another process may have added arms
+        saved[name], saved[f"{name} cpu_s"] = r, np.array(cpu_s)
+        np.savez(store, **saved)
+    order = [*FLOORS, *ARMS, RETRAIN]
+    results = {n: saved[n] for n in order if n in saved}
+    cpu = {n: float(saved[f"{n} cpu_s"]) for n in results}
     base = results.get("frozen")
     rows = []
     for name, r in results.items():
@@ -214,16 +299,19 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
         if base is not None and name != "frozen":
             d = (r[:, 1] - base[:, 1]) / base[:, 1].mean()
             diff = f"{100 * d.mean():+.1f}% ± {100 * d.std() / np.sqrt(len(d)):.1f}"
-        rows.append(f"| {name} | {hr:.4f} ± {se[0]:.4f} | {nd:.4f} ± {se[1]:.4f} | {diff} |")
+        rows.append(f"| {name} | {hr:.4f} ± {se[0]:.4f} | {nd:.4f} ± {se[1]:.4f} | {diff} | {cpu[name]:.0f} |")
     r = next(iter(results.values()))
     return ("### Prequential replay (recommend, then learn)\n\n"
             f"`{model.name}` ({ck.data.name}) trained on the first 80% of interactions by time; {len(r):,} streamed "
             f"events scored (first-time user-item pairs after the cut, users with a history; {new:,} items "
             f"first seen after the cut enter the catalogue, content-only, when first clicked), batches of {batch}; "
-            f"popularity half-life {HALF_LIFE_DAYS:g} days. Every arm reads the same growing histories; the learner "
-            "arms run with the production guardrail (one event in 10 held out).\n\n"
-            "| arm | HR@10 (± s.e.) | NDCG@10 (± s.e.) | NDCG@10 vs frozen (paired ± s.e.) |\n|---|---|---|---|\n"
-            + "\n".join(rows) + "\n\n" + _new_items_table(results))  # fmt: skip
+            f"popularity half-life {HALF_LIFE_DAYS:g} days. Every arm reads the same growing histories and encodes "
+            f"users as the service does (a vector reused until {USER_REFRESH_EVERY} items were appended, unless the "
+            "arm says otherwise); the learner arms run with the production guardrail (one event in 10 held out). "
+            "CPU s: process CPU seconds spent learning (the learner's batches; the retrain arm's nine trainings), "
+            "one torch thread.\n\n"
+            "| arm | HR@10 (± s.e.) | NDCG@10 (± s.e.) | NDCG@10 vs frozen (paired ± s.e.) | CPU s |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n" + _new_items_table(results))  # fmt: skip
 
 
 def _new_items_table(results: dict[str, np.ndarray]) -> str:
@@ -371,12 +459,14 @@ def main() -> None:
     p.add_argument("--temporal-model", type=Path, default=ROOT / "runs/llm4rec-temporal")
     p.add_argument("--sections", default="throughput,prequential,forgetting,freshness")
     p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--arms", help="prequential arms to run, comma-separated (default: all); the table shows "
+                   "every arm stored for the model")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(1)
     wanted = args.sections.split(",")
     runs = {"throughput": lambda: throughput(args.model),
             "freshness": lambda: asyncio.run(_freshness(args.model, args.trials)),
-            "prequential": lambda: prequential(args.temporal_model),
+            "prequential": lambda: prequential(args.temporal_model, arms=args.arms.split(",") if args.arms else None),
             "forgetting": lambda: forgetting(args.temporal_model)}  # fmt: skip
     for name in wanted:  # each part owns its section, so one can be re-run alone
         body = f"Command: `{command_line()}`.\n\n" + runs[name]()

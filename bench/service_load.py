@@ -134,7 +134,7 @@ def uncached_user_encoding(model: Path, users: int = 200) -> str:
     import numpy as np
     import torch
 
-    from retrieval.user_models import user_vector
+    from retrieval.user_models import user_vectors
     from training.experiment import open_checkpoint
 
     torch.set_num_threads(1)
@@ -143,7 +143,7 @@ def uncached_user_encoding(model: Path, users: int = 200) -> str:
     times = []
     for s in seqs:
         t = time.perf_counter()
-        user_vector(ck.model, s[-200:].tolist())
+        user_vectors(ck.model, [s[-200:].tolist()])
         times.append(1000 * (time.perf_counter() - t))
     return f"p50 {np.median(times):.2f} ms, p99 {np.percentile(times, 99):.2f} ms over {len(seqs)} users"
 

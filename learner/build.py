@@ -59,7 +59,8 @@ class ContentVectors:
 
 def build_learner(model_dir: Path, cache_dir: Path, store: AdapterStore, adapter: AdapterSettings,
                   online: OnlineConfig, guard: GuardConfig, metrics: LearnerMetrics, fisher_examples: int = 1024,
-                  history: HistoryStore | None = None, item_log: ItemLog | None = None) -> Learner:  # fmt: skip
+                  history: HistoryStore | None = None, item_log: ItemLog | None = None,
+                  user_refresh_every: int = 1) -> Learner:  # fmt: skip
     ck = load_serving_checkpoint(model_dir, cache_dir)
     torch.manual_seed(0)
     n = int(ck.model.log_pop.shape[0])
@@ -68,7 +69,7 @@ def build_learner(model_dir: Path, cache_dir: Path, store: AdapterStore, adapter
     half_life_s = online.popularity_half_life_days * DAY_S
     pop = (DecayedPopularity.from_log(train_log.item, train_log.timestamp, n, half_life_s, rescale=True)
            if half_life_s > 0 else None)  # fmt: skip
-    trainer = OnlineTrainer(ck.model, module, online, pop)
+    trainer = OnlineTrainer(ck.model, module, online, pop, user_refresh_every)
     examples = training_examples(ck.train, fisher_examples)
     trainer.fit_fisher([examples[i : i + 64] for i in range(0, len(examples), 64)], ck.train.popularity()[:n])
     index = {x: i for i, x in enumerate(ck.data.item_ids)}
@@ -105,4 +106,4 @@ def learner_from_settings(s: LearnerSettings, store: AdapterStore, metrics: Lear
                           history: HistoryStore | None = None, item_log: ItemLog | None = None) -> Learner:  # fmt: skip
     online, guard = s.online.to_config(), s.guard.to_config()
     return build_learner(s.model_dir, s.cache_dir, store, s.adapter, online, guard, metrics, history=history,
-                         item_log=item_log)  # fmt: skip
+                         item_log=item_log, user_refresh_every=s.user_refresh_every)  # fmt: skip

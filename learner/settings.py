@@ -32,8 +32,6 @@ class OnlineSettings(BaseModel):
     consolidate_every: int = Field(20_000, ge=1)
     min_lr_scale: float = Field(0.1, ge=0, le=1)
     reliability_decay: float = Field(0.95, ge=0, lt=1)
-    history_len: int = Field(50, ge=1, le=1000)  # the learner's cost is linear in it
-    refresh_every: int = Field(5, ge=1)
     negatives: int = Field(1024, ge=0)
     # the user-side map and item biases cost NDCG@10 in the prequential replay on both datasets, the item
     # rows and streaming popularity gained (BENCHMARKS.md, learner-prequential-*)

@@ -33,7 +33,7 @@ import torch
 from learner.popularity import DecayedPopularity
 from models.adapter import ServingAdapter
 from models.llm4rec import LLM4Rec
-from models.scoring import pad_histories
+from retrieval.user_models import GenerativeUserModel, UserVectors
 
 EXPLICIT, IMPLICIT = "explicit", "implicit"
 ITEM_ROWS = {"item_bias", "item_delta"}  # the adapter's parameters with a row per item
@@ -52,8 +52,6 @@ class OnlineConfig:
     consolidate_every: int  # events between anchor refreshes
     min_lr_scale: float  # floor of the uncertainty scaling, eq. 28
     reliability_decay: float  # running loss variance per feedback group, eq. 31-32
-    history_len: int  # newest items the user model reads in the learner
-    refresh_every: int  # a user's frozen-model vector is recomputed once their history grew by this much
     negatives: int  # sampled-softmax negatives per step (0: full softmax)
     adapter_updates: bool  # train the user-side map and the item biases
     item_updates: bool  # train the item-vector corrections
@@ -71,7 +69,7 @@ class Example:
     group: str  # EXPLICIT | IMPLICIT
     positive: float  # weight of "the user wants this item" (next-item cross-entropy)
     negative: float  # weight of "the user does not want it" (unlikelihood, -log(1 - p))
-    user: str = ""  # whose history: keys the frozen-model vector cache ("" = not cached)
+    user: str = ""  # whose history: keys the users' vector cache ("" = not cached)
 
 
 @dataclass(frozen=True)
@@ -117,8 +115,10 @@ def _importance(g: torch.Tensor, tau: float, rows: bool) -> torch.Tensor:
 
 class OnlineTrainer:
     def __init__(self, model: LLM4Rec, adapter: ServingAdapter, config: OnlineConfig,
-                 popularity: DecayedPopularity | None = None) -> None:  # fmt: skip
+                 popularity: DecayedPopularity | None = None, user_refresh_every: int = 1) -> None:  # fmt: skip
         self.model, self.adapter, self.config = model.eval(), adapter, config
+        # the frozen model's users, encoded and cached as the service does (`ProcessSettings.user_refresh_every`)
+        self.users = UserVectors(GenerativeUserModel(model, version=""), user_refresh_every)
         with torch.no_grad():
             self.items = model.item_vectors()[0].detach().clone()  # (N, D) fixed between re-trainings; own copy
         on = model.config.pop_deconfound
@@ -137,7 +137,6 @@ class OnlineTrainer:
         self.skipped = 0
         self.steps = 0  # item-row steps taken; `last_step` (N,): the step each row's velocity was last updated
         self.last_step = torch.zeros(self.items.shape[0], dtype=torch.int64)
-        self._user_cache: dict[str, tuple[int, torch.Tensor]] = {}
 
     def add_items(self, vectors: torch.Tensor) -> None:
         """Rows for items added after training (`vectors`: (m, D) their content-only vectors): no
@@ -154,27 +153,8 @@ class OnlineTrainer:
             self._publish_popularity()
 
     def base_users(self, histories: Sequence[np.ndarray], users: Sequence[str] = ()) -> torch.Tensor:
-        """(B, D) the frozen user model over each history. With `users`, a user's vector is reused
-        until their history has grown by `refresh_every` items: the frozen model's view of a user moves
-        slowly, and re-encoding every history on every event is most of the learner's cost."""
-        keys = list(users) or [""] * len(histories)
-        todo = [j for j, (k, h) in enumerate(zip(keys, histories, strict=True)) if self._stale(k, len(h))]
-        fresh = {}
-        if todo:
-            with torch.no_grad():  # not inference_mode: the adapter's autograd graph starts from these
-                L = self.config.history_len
-                seq = pad_histories([histories[j][-L:] for j in todo], L)
-                fresh = dict(zip(todo, self.model.user_vectors(seq), strict=True))
-        for j, v in fresh.items():
-            if keys[j]:
-                self._user_cache[keys[j]] = (len(histories[j]), v)
-        if len(self._user_cache) > 200_000:
-            self._user_cache.clear()
-        return torch.stack([fresh[j] if j in fresh else self._user_cache[keys[j]][1] for j in range(len(keys))])
-
-    def _stale(self, user: str, history_len: int) -> bool:
-        cached = self._user_cache.get(user) if user else None
-        return cached is None or history_len - cached[0] >= self.config.refresh_every
+        """(B, D) the frozen user model over each history; with `users`, under the service's cache policy."""
+        return self.users(list(users) or [""] * len(histories), histories)
 
     def losses(self, batch: Sequence[Example], full: bool = False,
                adapter: ServingAdapter | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip

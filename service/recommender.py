@@ -16,13 +16,13 @@ from typing import Any
 import anyio
 import numpy as np
 import structlog
-from cachetools import LRUCache, TLRUCache
+from cachetools import TLRUCache
 
 from models.adapter import AdapterView
 from retrieval.context import ScoredContext
 from retrieval.history import HistoryStore
 from retrieval.index import Filters, Hit
-from retrieval.user_models import query_vector
+from retrieval.user_models import UserVectors, query_vector
 from service.adapters import AdapterWatcher
 from service.components import Components
 from service.explain import (
@@ -40,7 +40,6 @@ from service.llm_rerank import Reranker, promote
 
 log = structlog.get_logger()
 CONTEXT_TTL_S = 600.0
-USER_CACHE_SIZE = 100_000
 CONTEXT_CACHE_SIZE = 100_000
 
 
@@ -90,11 +89,10 @@ class Recommender:
 
     def __init__(self, c: Components, history: HistoryStore, explainer: Explainer, mmr_pool: int = 4,
                  reranker: Reranker | None = None, rerank_pool: int = 20,
-                 adapters: AdapterWatcher | None = None) -> None:  # fmt: skip
+                 adapters: AdapterWatcher | None = None, user_refresh_every: int = 1) -> None:  # fmt: skip
         self.c, self.history, self.explainer, self.mmr_pool = c, history, explainer, mmr_pool
         self.reranker, self.rerank_pool, self.adapters = reranker, rerank_pool, adapters
-        # per user: (the history it was encoded from, the vector)
-        self._user_cache: LRUCache[str, tuple[tuple[int, ...], np.ndarray]] = LRUCache(USER_CACHE_SIZE)
+        self.users = UserVectors(c.model, user_refresh_every)  # the learner encodes users the same way
         self._context_cache: TLRUCache[int, list[ScoredContext]] = TLRUCache(
             CONTEXT_CACHE_SIZE, _context_expiry, timer=time.monotonic
         )
@@ -157,7 +155,7 @@ class Recommender:
                   stages: dict[str, float]) -> list[Hit]:  # fmt: skip
         t = time.perf_counter()
         cat = self.c.catalogue
-        user = self._user_vector(q.user_id, history) if history else self._cold_query
+        user = self.users([q.user_id], [history])[0].numpy() if history else self._cold_query
         if adapter is not None and history:
             user = adapter.user(user)  # the learner's low-rank correction of the user vector
         stages["user_encoding"] = time.perf_counter() - t
@@ -189,18 +187,6 @@ class Recommender:
         hits = self._mmr(hits, q.k, q.diversity) if q.diversity > 0 else hits[: q.k]
         stages["rerank"] = time.perf_counter() - t
         return hits
-
-    def _user_vector(self, user_id: str, history: list[int]) -> np.ndarray:
-        """The generative user model's state, cached per user for their exact history: it changes only
-        with feedback, and a user asks for recommendations many times between two events. One entry per
-        user: keyed by history, every event left a stale entry behind until LRU eviction."""
-        key = tuple(history)
-        cached = self._user_cache.get(user_id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        vec = self.c.model.encode(history)
-        self._user_cache[user_id] = (key, vec)
-        return vec
 
     def _mmr(self, hits: list[Hit], k: int, lam: float) -> list[Hit]:
         """Maximal marginal relevance (Carbonell & Goldstein 1998) over fused-vector cosine."""

@@ -261,7 +261,7 @@ async def _recommender(
         await watcher.refresh()
         task = asyncio.create_task(watcher.run(redis, s.adapter.prefix))
     recommender = Recommender(c, history, explainer, reranker=reranker, rerank_pool=s.rerank.pool,
-                              adapters=watcher)  # fmt: skip
+                              adapters=watcher, user_refresh_every=s.user_refresh_every)  # fmt: skip
     return recommender, task
 
 

@@ -146,7 +146,7 @@ async def test_a_published_item_correction_is_served_through_the_index(settings:
         listed = {it["item_id"] for it in first.json()["items"]}
         history = [cat.item_index[i] for i, _ in await state.history.recent("u1", 200)]
         target = next(i for i in range(40) if cat.data.item_ids[i] not in listed and i not in history)
-        user = state.recommender.c.model.encode(history)
+        user = state.recommender.c.model.encode([history])[0].numpy()
         moved = 2 * np.linalg.norm(cat.vectors[:, :-1], axis=1).max() * user / np.linalg.norm(user)
         tensors = watcher.current.tensors()
         tensors["item_delta"][target] = moved - cat.vectors[target, :-1]

@@ -17,7 +17,17 @@ from learner.settings import GuardSettings, LearnerSettings, OnlineSettings
 from learner.trainer import OnlineConfig
 from service.settings import Settings
 
-SHARED = ("model_dir", "cache_dir", "redis_url", "history_prefix", "history_len", "items_stream", "kafka", "adapter")
+SHARED = (
+    "model_dir",
+    "cache_dir",
+    "redis_url",
+    "history_prefix",
+    "history_len",
+    "user_refresh_every",
+    "items_stream",
+    "kafka",
+    "adapter",
+)
 
 
 @pytest.fixture

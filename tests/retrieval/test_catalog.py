@@ -22,7 +22,7 @@ from retrieval.catalog import (
 from retrieval.edge import EdgeEngine
 from retrieval.index import Filters
 from retrieval.qdrant import QdrantEngine
-from retrieval.user_models import query_vector, user_vector
+from retrieval.user_models import query_vector, user_vectors
 from tests.conftest import SmallTrained
 
 
@@ -40,7 +40,7 @@ def test_index_top10_equals_model_scores(small_trained: SmallTrained, tmp_path: 
         scores = st.model.score(HistoryBatch(torch.tensor([user]), torch.from_numpy(hist)[None]))[0]
         scores[torch.from_numpy(hist)] = -torch.inf
         expected = scores.topk(10).indices.tolist()
-        u = user_vector(st.model, hist.tolist())
+        u = user_vectors(st.model, [hist.tolist()])[0].numpy()
         hits = index.search(query_vector(u, gamma), 10, Filters(exclude_ids=frozenset(int(i) for i in hist)))
         assert [h.id for h in hits] == expected
         np.testing.assert_allclose([h.score for h in hits], scores.topk(10).values.numpy(), rtol=1e-4, atol=1e-4)

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from retrieval.history import RedisHistoryStore
 from service.settings import Settings
 from service.state import app_state
-from tests.conftest import REDIS_URL, SmallTrained, serve
+from tests.conftest import REDIS_URL, SmallTrained, serve, with_
 
 pytestmark = pytest.mark.anyio
 
@@ -54,14 +54,15 @@ async def test_new_history_changes_the_next_recommendations(client: AsyncClient,
 
 
 async def test_user_vector_cache_keeps_one_entry_per_user(settings: Settings, prefix: str) -> None:
-    """The cache follows each user's newest history: events must not leave stale entries behind."""
+    """The cache follows each user's newest history (re-encoded at every event here): events must not
+    leave stale entries behind."""
     redis = Redis.from_url(REDIS_URL)
-    async with serve(settings) as (client, app):
+    async with serve(with_(settings, user_refresh_every=1)) as (client, app):
         for i in range(3):
             await RedisHistoryStore(redis, prefix + "history:").append("u1", [(f"m{20 + i}", 1_700_000_000 + i)])
             r = await client.post("/recommend", json={"user_id": "u1", "k": 3, "explain": False})
             assert r.status_code == 200
-        cache = app_state(app).recommender._user_cache
+        cache = app_state(app).recommender.users._cache
         assert list(cache) == ["u1"]
         assert (
             cache["u1"][0][-1] == app_state(app).recommender.c.catalogue.item_index["m22"]
