@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import json
 import os
 import signal
@@ -39,8 +40,11 @@ from common.adapter import Manifest, encode, sign  # noqa: E402
 from common.adapter_store import RedisAdapterStore  # noqa: E402
 from common.events import FeedbackEvent  # noqa: E402
 from models.adapter import AdapterView  # noqa: E402
+from retrieval.catalog import index_vectors  # noqa: E402
+from retrieval.user_models import query_vector, user_vectors  # noqa: E402
 from tests.kafka_mock import MockKafka, mock_kafka, read_topic  # noqa: E402
 from tests.net import free_port, wait_http  # noqa: E402
+from training.checkpoint import load_serving_checkpoint  # noqa: E402
 from training.experiment import checkpoint_version, open_checkpoint  # noqa: E402
 
 
@@ -360,6 +364,98 @@ def bad_adapters(model: Path) -> str:
                 "\n\nService counters: " + ", ".join(f"`{c}`" for c in counts) + "\n")  # fmt: skip
 
 
+def _expected_scores(model: Path, history: list[str], versions: dict[int, dict[str, np.ndarray]],
+                     gamma: float) -> dict[int, dict[str, float]]:  # fmt: skip
+    """Per version, every item's score for a user with `history` when the index holds that version's
+    rows: the service's own functions (index rows, user encoding, query vector) in this process."""
+    ck = load_serving_checkpoint(model, CACHE)
+    base, index = index_vectors(ck.model), {x: i for i, x in enumerate(ck.data.item_ids)}
+    u = user_vectors(ck.model, [[index[i] for i in history]])[0].numpy()
+    out = {}
+    for v, tensors in versions.items():
+        view = AdapterView(v, tensors)
+        rows = view.item_rows(base, index)
+        scores = rows @ query_vector(view.user(u), gamma)
+        out[v] = dict(zip(ck.data.item_ids, scores.tolist(), strict=True))
+    return out
+
+
+def mixed_versions(model: Path, k: int = 100, gamma: float = 1.0) -> str:
+    """Versions that move every item row, published back to back while one user's recommendations are
+    requested without pause; each answer's items are then matched, by score, to the version whose row
+    produced it. Safe (service/adapters.py): rows of the version served and of the one being written."""
+    rng = np.random.default_rng(0)
+    with stack(model, learner=False) as s:
+        ck = open_checkpoint(model, CACHE)
+        dim, n = ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0])
+        scale = float(np.linalg.norm(index_vectors(ck.model)[:, :-1], axis=1).mean())
+        versions = {}
+        for v in (1, 2, 3):  # every row moves at every version (as the first version after a start does)
+            t = AdapterView.identity(dim, ck.model.log_pop.numpy()).tensors()
+            t["item_delta"] = (rng.normal(size=(n, dim)) * 0.3 * scale / np.sqrt(dim)).astype(np.float32)
+            t["log_pop"] = (t["log_pop"] + rng.uniform(0, 1, n)).astype(np.float32)
+            versions[v] = t
+        user, history = f"mix-{uuid.uuid4().hex[:6]}", list(ck.data.item_ids[:5])
+        events = [{"event_id": uuid.uuid4().hex, "user_id": user, "item_id": i, "type": "click"} for i in history]
+        httpx.post(f"{s.url}/feedback", json={"events": events}, timeout=30).raise_for_status()
+        query = {"user_id": user, "k": k, "explain": False, "debias": {"gamma": gamma}}
+        answers: list[tuple[int, list[tuple[str, float]]]] = []
+
+        def ask() -> int:
+            body = httpx.post(f"{s.url}/recommend", json=query, timeout=30).json()
+            answers.append((int(body["adapter_version"]), [(x["item_id"], x["score"]) for x in body["items"]]))
+            return answers[-1][0]
+
+        async def publish(v: int) -> None:
+            redis = Redis.from_url("redis://127.0.0.1:6379/0")
+            t = versions[v]
+            f = encode(
+                t, Manifest(v, checkpoint_version(model), {k: list(x.shape) for k, x in t.items()}, 1), b"fault-key"
+            )
+            await RedisAdapterStore(redis, s.prefix + "a:").publish(v, f, [])
+            await redis.aclose()
+
+        asyncio.run(publish(1))
+        wait_until(lambda: ask() == 1, 60, "version 1")
+        answers.clear()
+        published = time.monotonic()
+        asyncio.run(publish(2))
+        while ask() < 2:  # while version 2 is being written
+            pass
+        asyncio.run(publish(3))
+        while ask() < 3:
+            pass
+        for _ in range(20):  # and after
+            ask()
+        window_s = time.monotonic() - published
+    expected = _expected_scores(model, history, versions, gamma)
+    return _mixture_table(answers, expected, window_s)
+
+
+def _mixture_table(answers: list[tuple[int, list[tuple[str, float]]]], expected: dict[int, dict[str, float]],
+                   window_s: float) -> str:  # fmt: skip
+    """Classifies each answer by the versions its items' rows came from."""
+    served_order = sorted({v for v, _ in answers})
+    following = dict(itertools.pairwise(served_order))
+    counts = {"one version (the one served)": 0, "the version served and the one being written (safe)": 0,
+              "an older version's row, or none matching (unsafe)": 0}  # fmt: skip
+    for served, items in answers:
+        # per item, the versions whose row gives its score (float32 sums, rounded to 6 decimals)
+        rows = [{v for v, e in expected.items() if abs(e[item] - score) <= 1e-4 + 1e-5 * abs(score)}
+                for item, score in items]  # fmt: skip
+        if all(served in r for r in rows):
+            counts["one version (the one served)"] += 1
+        elif all(r & {served, following.get(served)} for r in rows):
+            counts["the version served and the one being written (safe)"] += 1
+        else:
+            counts["an older version's row, or none matching (unsafe)"] += 1
+    return (f"{len(answers)} answers (top {len(answers[0][1])}, one user, one after another) over {window_s:.1f} s "
+            "while versions 2 and 3, each moving every item row, were published back to back after version 1; "
+            "each item's score matched to the versions whose row gives it (within 1e-4 + 1e-5 x the score).\n\n"
+            "| rows an answer's items were scored with | answers |\n|---|---|\n"
+            + "\n".join(f"| {k} | {v} |" for k, v in counts.items()) + "\n")  # fmt: skip
+
+
 def llm_faults(model: Path) -> str:
     out = []
     silent = socket.socket()
@@ -394,12 +490,19 @@ def llm_faults(model: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "runs/llm4rec")
-    p.add_argument("--cases", default="kafka,service,learner,redis,embedded-kill,embedded-term,adapters,llm")
+    p.add_argument("--cases", default="kafka,service,learner,redis,embedded-kill,embedded-term,adapters,llm,mixed")
     args = p.parse_args()
     wanted = args.cases.split(",")
     cases = {"kafka": kafka_outage, "service": service_killed, "learner": learner_killed, "redis": redis_restart,
              "embedded-kill": functools.partial(embedded_restart, sig=signal.SIGKILL),
              "embedded-term": functools.partial(embedded_restart, sig=signal.SIGTERM)}  # fmt: skip
+    if "mixed" in wanted:  # its own section: it can be re-run alone
+        body = (f"## Requests during index writes\n\nCommand: `{command_line()}`. The service (uvicorn) with Redis, "
+                f"the `{args.model.name}` model.\n\n" + mixed_versions(args.model))  # fmt: skip
+        print(body)
+        write_section("fault-matrix-mixed-versions", body, ROOT / "RELIABILITY.md")
+    if not set(wanted) - {"mixed"}:
+        return
     feedback = []
     for key, fn in cases.items():
         if key in wanted:

@@ -62,7 +62,7 @@ from training.experiment import open_checkpoint  # noqa: E402
 from training.fit import seed_everything  # noqa: E402
 
 CACHE = ROOT / ".cache/text-embeddings"
-RESULTS = ROOT / ".cache/prequential"  # per-event results of each arm, by checkpoint version
+RESULTS = ROOT / ".cache/prequential"  # per-event results of each arm, by checkpoint version and stream
 USER_REFRESH_EVERY = LearnerSettings.model_fields["user_refresh_every"].default
 WARM = 20
 
@@ -135,13 +135,13 @@ ARMS: dict[str, dict[str, float | bool]] = {
     "streaming popularity alone": {"item_updates": False},
     "learner defaults (item rows + streaming popularity)": {},
     "defaults + adapter": {"adapter_updates": True},
-    "frozen, users re-encoded at every event": {
+    "frozen (users re-encoded at every event)": {
         "adapter_updates": False,
         "item_updates": False,
         "popularity_half_life_days": 0,
         "user_refresh_every": 1,
     },
-    "defaults, users re-encoded at every event": {"user_refresh_every": 1},
+    "learner defaults (users re-encoded at every event)": {"user_refresh_every": 1},
 }
 HALF_LIFE_DAYS = 180.0
 FROZEN = ARMS["frozen"]
@@ -279,17 +279,15 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
     ck = open_checkpoint(model, CACHE)
     stream = _stream(ck)[:limit] if limit else _stream(ck)
     new = len({i for _, i, _ in stream} - set(np.flatnonzero(ck.train.popularity() > 0).tolist()))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    store = RESULTS / f"prequential-{checkpoint_version(model)}-{len(stream)}-{batch}.npz"
-    saved = dict(np.load(store)) if store.exists() else {}
-    for name in tqdm(arms or [*FLOORS, *ARMS, RETRAIN], desc="prequential arms"):
-        r, cpu_s = _replay(ck, model, stream, name, batch)
-        saved = dict(np.load(store)) if store.exists() else {}  # another process may have added arms
-        saved[name], saved[f"{name} cpu_s"] = r, np.array(cpu_s)
-        np.savez(store, **saved)
     order = [*FLOORS, *ARMS, RETRAIN]
-    results = {n: saved[n] for n in order if n in saved}
-    cpu = {n: float(saved[f"{n} cpu_s"]) for n in results}
+    store = RESULTS / f"{checkpoint_version(model)}-{len(stream)}-{batch}"
+    store.mkdir(parents=True, exist_ok=True)
+    for name in tqdm(arms or order, desc="prequential arms"):
+        r, cpu_s = _replay(ck, model, stream, name, batch)
+        np.savez(store / f"{order.index(name)}.npz", events=r, cpu_s=cpu_s)
+    saved = {n: np.load(store / f"{j}.npz") for j, n in enumerate(order) if (store / f"{j}.npz").exists()}
+    results = {n: f["events"] for n, f in saved.items()}
+    cpu = {n: float(f["cpu_s"]) for n, f in saved.items()}
     base = results.get("frozen")
     rows = []
     for name, r in results.items():
@@ -299,7 +297,7 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
         if base is not None and name != "frozen":
             d = (r[:, 1] - base[:, 1]) / base[:, 1].mean()
             diff = f"{100 * d.mean():+.1f}% ± {100 * d.std() / np.sqrt(len(d)):.1f}"
-        rows.append(f"| {name} | {hr:.4f} ± {se[0]:.4f} | {nd:.4f} ± {se[1]:.4f} | {diff} | {cpu[name]:.0f} |")
+        rows.append(f"| {name} | {hr:.4f} ± {se[0]:.4f} | {nd:.4f} ± {se[1]:.4f} | {diff} | {cpu[name]:.1f} |")
     r = next(iter(results.values()))
     return ("### Prequential replay (recommend, then learn)\n\n"
             f"`{model.name}` ({ck.data.name}) trained on the first 80% of interactions by time; {len(r):,} streamed "

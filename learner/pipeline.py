@@ -173,6 +173,7 @@ class Learner:
         held: list[Example] = []
         grown: dict[str, list[int]] = {}
         unknown = 0
+        window = self.trainer.users.model.window  # all of a history the user model reads
         for e in events:
             item = self.item_index.get(e.item_id)
             if item is None:
@@ -180,7 +181,7 @@ class Learner:
                 continue
             history = grown.setdefault(e.user_id, list(before.get(e.user_id, [])))
             if history:  # the user model needs a history to read; a first event only starts one
-                ex = example_of(e, np.asarray(history, np.int64), item)
+                ex = example_of(e, np.asarray(history[-window:], np.int64), item)
                 (held if _held_out(e.event_id, self.guard.holdout_every) else train).append(ex)
             if e.is_positive:
                 history.append(item)

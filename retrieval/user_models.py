@@ -120,7 +120,7 @@ class UserVectors:
     def __call__(self, users: Sequence[str], histories: Sequence[History]) -> torch.Tensor:
         """(B, D) for each user's history (oldest first, not empty)."""
         w = self.model.window
-        windows = [tuple(int(i) for i in h[-w:]) for h in histories]
+        windows = [tuple(np.asarray(h[-w:], np.int64).tolist()) for h in histories]  # hashable, comparable
         out: list[torch.Tensor | None] = [self._cached(u, win) for u, win in zip(users, windows, strict=True)]
         todo = [j for j, v in enumerate(out) if v is None]
         if todo:
