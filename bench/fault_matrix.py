@@ -402,7 +402,9 @@ def mixed_versions(model: Path, k: int = 100, gamma: float = 1.0) -> str:
         answers: list[tuple[int, list[tuple[str, float]]]] = []
 
         def ask() -> int:
-            body = httpx.post(f"{s.url}/recommend", json=query, timeout=30).json()
+            r = httpx.post(f"{s.url}/recommend", json=query, timeout=30)
+            r.raise_for_status()
+            body = r.json()
             answers.append((int(body["adapter_version"]), [(x["item_id"], x["score"]) for x in body["items"]]))
             return answers[-1][0]
 

@@ -135,13 +135,15 @@ ARMS: dict[str, dict[str, float | bool]] = {
     "streaming popularity alone": {"item_updates": False},
     "learner defaults (item rows + streaming popularity)": {},
     "defaults + adapter": {"adapter_updates": True},
-    "frozen (users re-encoded at every event)": {
+    # the service's cache policy at 5 (a user's vector reused until 5 items were appended): what the
+    # learner used before its policy became the service's
+    "frozen (user vectors refreshed every 5 items)": {
         "adapter_updates": False,
         "item_updates": False,
         "popularity_half_life_days": 0,
-        "user_refresh_every": 1,
+        "user_refresh_every": 5,
     },
-    "learner defaults (users re-encoded at every event)": {"user_refresh_every": 1},
+    "learner defaults (user vectors refreshed every 5 items)": {"user_refresh_every": 5},
 }
 HALF_LIFE_DAYS = 180.0
 FROZEN = ARMS["frozen"]

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from models.splits import leave_one_out
 from recdata import load_dataset
-from retrieval.context import ContextStore, ContextWeights, build_context_index, build_entries
+from retrieval.context import CONTEXT, ContextStore, ContextWeights, build_context_index, build_entries
 from retrieval.edge import EdgeEngine, EdgeIndex
 from retrieval.index import Filters, Hit, VectorIndex
 from retrieval.qdrant import QdrantEngine
@@ -141,7 +141,7 @@ def rag_precision(users: int = 300, seed: int = 0) -> str:
     embed = TextEncoder(CACHE, progress=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        index = build_context_index(EdgeEngine(Path(tmp)), entries, embed)
+        index = build_context_index(EdgeEngine(Path(tmp)), entries, embed, CONTEXT)
         genres = [set(data.aspects(i)) for i in range(data.num_items)]
         title = data.titles()
         rng = np.random.default_rng(seed)

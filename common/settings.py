@@ -50,8 +50,10 @@ class ProcessSettings(BaseSettings):
     history_prefix: str = "recsys:history:"
     history_len: int = Field(200, ge=1, le=10_000)
     # the one cache policy of users' vectors (retrieval.user_models.UserVectors), service and learner alike:
-    # a vector is reused while fewer than this many items were appended to the history it was encoded from
-    user_refresh_every: int = Field(5, ge=1, le=1000)
+    # a vector is reused while fewer than this many items were appended to the history it was encoded
+    # from. 1: at every change (BENCHMARKS.md, learner-prequential-*: serving vectors 5 items stale cost
+    # NDCG@10; the learner pays with its throughput)
+    user_refresh_every: int = Field(1, ge=1, le=1000)
     # with Redis, items added after training (POST /items) as a stream: every replica and the learner read it
     items_stream: str = "recsys:items"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

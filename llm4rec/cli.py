@@ -29,14 +29,20 @@ from llm4rec.embedded import adapter_store, attach_learner
 from llm4rec.supervisor import supervise
 from models.data import RecDataset
 from recdata import CONVERTERS, DatasetError, convert, load_dataset
-from retrieval.catalog import ITEMS, build_item_index
-from retrieval.context import CONTEXT, build_context_index, build_entries
+from retrieval.catalog import build_item_index
+from retrieval.context import build_context_index, build_entries
 from retrieval.engines import IndexInUseError, make_engine
 from service.app import create_app
+from service.components import collections
 from service.settings import Settings
 from service.state import ServiceState, app_state
 from training.ablation import VARIANTS, run_ablation
-from training.checkpoint import ServingCheckpoint, load_serving_checkpoint
+from training.checkpoint import (
+    ServingCheckpoint,
+    checkpoint_version,
+    load_serving_checkpoint,
+    read_checkpoint_meta,
+)
 from training.evaluate import PROTOCOLS, EvalContext, evaluate
 from training.experiment import (
     SPLITS,
@@ -282,11 +288,12 @@ def index_build(
     ck = _open_for_serving(model, cache_dir)
     engine = make_engine(location)
     if items:
-        built = build_item_index(engine, ck.model, ck.data, ck.train.popularity())
+        items_name, context_name = collections(ck.version, ck.meta)
+        built = build_item_index(engine, ck.model, ck.data, ck.train.popularity(), items_name)
         typer.echo(f"items: {built.count()} points of dimension {built.dim} published at {location}")
     if context:
         entries = build_entries(ck.data)
-        ctx = build_context_index(engine, entries, lambda texts: embed_texts(texts, cache_dir))
+        ctx = build_context_index(engine, entries, lambda texts: embed_texts(texts, cache_dir), context_name)
         typer.echo(f"context: {ctx.count()} entries published")
 
 
@@ -324,7 +331,7 @@ def serve_cmd(
             state.tasks.append(asyncio.create_task(train_and_swap(state, time_budget, log_path, learn)))
 
     try:
-        _index_available(settings.index.location)
+        _index_available(settings.index.location, settings.model_dir)
         app = create_app(settings, adapter_store=store, on_started=started)
     except (ValueError, IndexInUseError) as e:
         raise _fail(str(e)) from e
@@ -338,15 +345,19 @@ def serve_cmd(
     os._exit(0)
 
 
-def _index_available(location: str) -> None:
-    """Fail before serving, in one line, when another process holds the embedded index (the lifespan
-    would report it inside uvicorn's traceback)."""
+def _index_available(location: str, model_dir: Path) -> None:
+    """Fail before serving, in one line, when another process holds the model's embedded index (the
+    lifespan would report it inside uvicorn's traceback)."""
     if location.startswith(("http://", "https://")) or location == ":memory:":
+        return
+    try:
+        names = collections(checkpoint_version(model_dir), read_checkpoint_meta(model_dir))
+    except (OSError, CheckpointMismatchError):  # no model yet: nothing of its index to hold
         return
     engine = make_engine(location)
     try:
-        engine.open(ITEMS)
-        engine.open(CONTEXT)
+        for name in names:
+            engine.open(name)
     finally:
         engine.close()
 

@@ -25,6 +25,14 @@ from retrieval.index import IndexEngine, Payload, VectorIndex
 from training.features import FeatureOptions, item_inputs, item_texts
 
 ITEMS = "items"
+
+
+def items_collection(model_version: str) -> str:
+    """The item collection of one trained model: a retrained model (same index location, same item ids)
+    gets its own, and never serves another model's vectors."""
+    return f"{ITEMS}-{model_version}"
+
+
 CORRECTION_TOLERANCE = 0.01
 INDEXED_FIELDS = {"categories": "keyword", "year": "float"}
 
@@ -58,8 +66,8 @@ def item_payloads(data: RecDataset, popularity: np.ndarray, ids: Sequence[int] |
     return out
 
 
-def build_item_index(engine: IndexEngine, model: LLM4Rec, data: RecDataset, popularity: np.ndarray,
-                     name: str = ITEMS, batch_size: int = 1024, progress: bool = True) -> VectorIndex:  # fmt: skip
+def build_item_index(engine: IndexEngine, model: LLM4Rec, data: RecDataset, popularity: np.ndarray, name: str,
+                     batch_size: int = 1024, progress: bool = True) -> VectorIndex:  # fmt: skip
     """Embed, upsert in batches, then publish: readers switch to the new version in one step."""
     vectors = index_vectors(model)
     index = engine.create(name, vectors.shape[1], INDEXED_FIELDS)

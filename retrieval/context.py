@@ -26,6 +26,14 @@ from models.data import RecDataset
 from retrieval.index import Filters, IndexEngine, Payload, VectorIndex
 
 CONTEXT = "context"
+
+
+def context_collection(dataset_fingerprint: str) -> str:
+    """The RAG collection of one dataset (its entries depend on the data alone, so a retrained model on
+    the same data shares it, and a model on other data never reads it)."""
+    return f"{CONTEXT}-{dataset_fingerprint}"
+
+
 Embed = Callable[[list[str]], np.ndarray]  # texts -> (n, d) unit-norm rows
 SECONDS_PER_DAY = 86_400
 
@@ -135,18 +143,18 @@ def _credibility(entries: Sequence[ContextEntry]) -> np.ndarray:
     return out
 
 
-def build_context_index(engine: IndexEngine, entries: Sequence[ContextEntry], embed: Embed,
+def build_context_index(engine: IndexEngine, entries: Sequence[ContextEntry], embed: Embed, name: str,
                         batch_size: int = 1024, progress: bool = True) -> VectorIndex:  # fmt: skip
     vectors = embed([e.text for e in entries])
     cred = _credibility(entries)
-    index = engine.create(CONTEXT, vectors.shape[1], {"item": "integer"})
+    index = engine.create(name, vectors.shape[1], {"item": "integer"})
     for lo in tqdm(range(0, len(entries), batch_size), desc="index context", disable=not progress):
         ids = list(range(lo, min(lo + batch_size, len(entries))))
         payloads: list[Payload] = [{"item": entries[i].item, "kind": entries[i].kind, "text": entries[i].text,
                                     "timestamp": entries[i].timestamp, "credibility": float(cred[i]),
                                     "genres": list(entries[i].genres)} for i in ids]  # fmt: skip
         index.upsert(ids, vectors[ids], payloads)
-    engine.publish(CONTEXT, index)
+    engine.publish(name, index)
     return index
 
 

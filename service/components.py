@@ -4,7 +4,9 @@ popularity, `build_cold_start`) and swaps in the trained one (`build_components`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -19,9 +21,10 @@ from retrieval.catalog import (
     build_item_index,
     index_vectors,
     item_payloads,
+    items_collection,
     read_payloads,
 )
-from retrieval.context import CONTEXT, ContextStore, ContextWeights, build_context_index, build_entries
+from retrieval.context import ContextStore, ContextWeights, build_context_index, build_entries, context_collection
 from retrieval.engines import make_engine
 from retrieval.index import IndexEngine
 from retrieval.user_models import COLD_START_VERSION, ContentUserModel, GenerativeUserModel, UserModel
@@ -42,6 +45,7 @@ class Components:
     title_vectors: np.ndarray | None = None  # (N, 384) RAG queries per item, embedded once at startup
     base_model: LLM4RecRef | None = None  # the trained model adapters are fitted to; None: no adapters
     engine: IndexEngine | None = None  # closed when this bundle is retired
+    context_name: str = ""  # the RAG collection of the trained model's dataset (`collections`)
     recommended: set[int] = field(default_factory=set)  # items ever recommended: the coverage gauge
 
     @property
@@ -70,11 +74,12 @@ def build_components(settings: Settings, text: TextEncoder, context: bool = True
         raise NotReadyError(f"no checkpoint at {settings.model_dir}; run `llm4rec train --out {settings.model_dir}`")
     ck = load_serving_checkpoint(settings.model_dir, settings.cache_dir)
     engine = engine or make_engine(settings.index.location, _secret(settings))
-    items = engine.open(ITEMS)
+    items_name, context_name = collections(ck.version, ck.meta)
+    items = engine.open(items_name)
     if items is None:
         if not settings.index.build_if_missing:
-            raise NotReadyError(f"no item index at {settings.index.location}; run `llm4rec index build`")
-        items = build_item_index(engine, ck.model, ck.data, ck.train.popularity())  # minutes, with bars
+            raise NotReadyError(f"no item index for this model at {settings.index.location}; run `llm4rec index build`")
+        items = build_item_index(engine, ck.model, ck.data, ck.train.popularity(), items_name)  # minutes, with bars
     vectors = index_vectors(ck.model)
     source = ModelItemVectors(ck.model, ck.train, settings.cache_dir)
     catalogue = Catalogue(ck.data, items, vectors, read_payloads(items, ck.data.num_items), source)
@@ -83,17 +88,24 @@ def build_components(settings: Settings, text: TextEncoder, context: bool = True
         catalogue=catalogue,
         base_model=LLM4RecRef(ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0])),
         engine=engine,
+        context_name=context_name,
     )
     return with_context(c, settings, text) if context and settings.rag.enabled else c
+
+
+def collections(version: str, meta: Mapping[str, Any]) -> tuple[str, str]:
+    """A checkpoint's item collection and its dataset's RAG collection (`version`, `meta`: the
+    checkpoint's, e.g. `checkpoint_version`, `read_checkpoint_meta`)."""
+    return items_collection(version), context_collection(meta["fingerprint"])
 
 
 def with_context(c: Components, settings: Settings, text: TextEncoder) -> Components:
     """The same bundle with RAG context (eq. 7-10): its engine's context collection (built here when
     missing) and every item's title embedded once as its RAG query."""
     assert c.engine is not None, "a trained bundle owns its index engine"
-    index = c.engine.open(CONTEXT)
-    if index is None:
-        index = build_context_index(c.engine, build_entries(c.catalogue.data), text)  # first start: every entry
+    index = c.engine.open(c.context_name)
+    if index is None:  # first start on this dataset: every entry
+        index = build_context_index(c.engine, build_entries(c.catalogue.data), text, c.context_name)
     r = settings.rag
     rag = ContextStore(index, text, ContextWeights(l1=r.l1, l2=r.l2, l3=r.l3, sigma_days=r.sigma_days))
     return replace(c, context=rag, title_vectors=text(c.catalogue.titles))

@@ -11,6 +11,7 @@ import torch
 
 from models.scoring import HistoryBatch
 from retrieval.catalog import (
+    ITEMS,
     Catalogue,
     ModelItemVectors,
     NewItem,
@@ -32,7 +33,7 @@ def test_index_top10_equals_model_scores(small_trained: SmallTrained, tmp_path: 
                                          gamma_scale: float) -> None:  # fmt: skip
     st = small_trained
     engine = EdgeEngine(tmp_path) if engine_name == "edge" else QdrantEngine(":memory:")
-    index = build_item_index(engine, st.model, st.data, st.train.popularity(), progress=False)
+    index = build_item_index(engine, st.model, st.data, st.train.popularity(), ITEMS, progress=False)
     gamma = gamma_scale * float(st.model.gamma.detach())
     st.model.serve_gamma = gamma
     for user in range(0, 60, 7):
@@ -48,7 +49,7 @@ def test_index_top10_equals_model_scores(small_trained: SmallTrained, tmp_path: 
 
 def test_payload_carries_what_serving_needs(small_trained: SmallTrained, tmp_path: Path) -> None:
     st = small_trained
-    index = build_item_index(EdgeEngine(tmp_path), st.model, st.data, st.train.popularity(), progress=False)
+    index = build_item_index(EdgeEngine(tmp_path), st.model, st.data, st.train.popularity(), ITEMS, progress=False)
     p = index.retrieve([3])[3]
     assert p["item_id"] == "m3"
     assert p["title"] == "The alien story part 0"
@@ -64,7 +65,7 @@ def test_new_items_get_content_vectors_and_are_retrievable(small_trained: SmallT
     st = small_trained
     model = st.model
     before = index_vectors(model).copy()
-    index = build_item_index(EdgeEngine(tmp_path), model, st.data, st.train.popularity(), progress=False)
+    index = build_item_index(EdgeEngine(tmp_path), model, st.data, st.train.popularity(), ITEMS, progress=False)
     new = [NewItem("new-space", "The robots story part 9", ("Sci-Fi", "Unknown genre"), 2024.0),
            NewItem("new-love", "The paris story part 9", ("Romance",), None)]  # fmt: skip
     try:
@@ -99,7 +100,9 @@ def test_index_build_cli_publishes_items_and_context(tmp_path: Path) -> None:
 
     from llm4rec.cli import app
     from retrieval.engines import make_engine
+    from service.components import collections
     from tests.llm4rec.test_cli import _small_generic
+    from training.checkpoint import checkpoint_version, read_checkpoint_meta
 
     _small_generic(tmp_path / "data")
     cache, ckpt, loc = tmp_path / "cache", tmp_path / "ckpt", str(tmp_path / "index")
@@ -109,7 +112,7 @@ def test_index_build_cli_publishes_items_and_context(tmp_path: Path) -> None:
     result = runner.invoke(app, ["index", "build", "--model", str(ckpt), "--location", loc, "--cache-dir", str(cache)])
     assert result.exit_code == 0, result.output
     engine = make_engine(loc)
-    items, context = engine.open("items"), engine.open("context")
+    items, context = (engine.open(name) for name in collections(checkpoint_version(ckpt), read_checkpoint_meta(ckpt)))
     assert items is not None
     assert items.count() == 30
     assert context is not None

@@ -10,6 +10,7 @@ import pytest
 
 from models.data import Interactions
 from retrieval.context import (
+    CONTEXT,
     SECONDS_PER_DAY,
     ContextEntry,
     ContextStore,
@@ -62,7 +63,7 @@ def store(small_trained: SmallTrained, tmp_path: Path) -> ContextStore:
         ContextEntry(1, "note", "A film about robots in space!", now, 1, ("Sci-Fi",)),
         ContextEntry(2, "note", "A wedding in Paris", now, 100, ("Romance",)),
     ]
-    index = build_context_index(EdgeEngine(tmp_path), entries, embed, progress=False)
+    index = build_context_index(EdgeEngine(tmp_path), entries, embed, CONTEXT, progress=False)
     return ContextStore(index, embed, ContextWeights(l1=1.0, l2=0.5, l3=0.5, sigma_days=365.0))
 
 
