@@ -385,7 +385,7 @@ def mixed_versions(model: Path, k: int = 100, gamma: float = 1.0) -> str:
     requested without pause; each answer's items are then matched, by score, to the version whose row
     produced it. Safe (service/adapters.py): rows of the version served and of the one being written."""
     rng = np.random.default_rng(0)
-    with stack(model, learner=False) as s:
+    with stack(model, learner=False, extra={"RECSYS_RAG__ENABLED": "false"}) as s:  # item rows only
         ck = open_checkpoint(model, CACHE)
         dim, n = ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0])
         scale = float(np.linalg.norm(index_vectors(ck.model)[:, :-1], axis=1).mean())
