@@ -44,8 +44,7 @@ from retrieval.catalog import index_vectors  # noqa: E402
 from retrieval.user_models import query_vector, user_vectors  # noqa: E402
 from tests.kafka_mock import MockKafka, mock_kafka, read_topic  # noqa: E402
 from tests.net import free_port, wait_http  # noqa: E402
-from training.checkpoint import load_serving_checkpoint  # noqa: E402
-from training.experiment import checkpoint_version, open_checkpoint  # noqa: E402
+from training.experiment import OpenedCheckpoint, checkpoint_version, open_checkpoint  # noqa: E402
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -319,6 +318,19 @@ def embedded_restart(model: Path, sig: signal.Signals) -> str:
     )
 
 
+def adapter_fields(version: int, tensors: dict[str, np.ndarray], key: bytes, model_id: str) -> dict[str, bytes]:
+    return encode(tensors, Manifest(version, model_id, {k: list(v.shape) for k, v in tensors.items()}, 1), key)
+
+
+def publish_adapter(s: Stack, version: int, fields: dict[str, bytes]) -> None:
+    async def publish() -> None:
+        redis = Redis.from_url("redis://127.0.0.1:6379/0")
+        await RedisAdapterStore(redis, s.prefix + "a:").publish(version, fields, [])
+        await redis.aclose()
+
+    asyncio.run(publish())
+
+
 def bad_adapters(model: Path) -> str:
     rows = []
     with stack(model, learner=False) as s:
@@ -329,19 +341,17 @@ def bad_adapters(model: Path) -> str:
         base = checkpoint_version(model)
 
         def fields(version: int, tensors: dict[str, np.ndarray], key: bytes, model_id: str = base) -> dict[str, bytes]:
-            return encode(tensors, Manifest(version, model_id, {k: list(v.shape) for k, v in tensors.items()}, 1), key)
+            return adapter_fields(version, tensors, key, model_id)
 
-        async def publish(version: int, f: dict[str, bytes]) -> None:
-            redis = Redis.from_url("redis://127.0.0.1:6379/0")
-            await RedisAdapterStore(redis, s.prefix + "a:").publish(version, f, [])
-            await redis.aclose()
+        def publish(version: int, f: dict[str, bytes]) -> None:
+            publish_adapter(s, version, f)
 
         def served() -> int:
             return int(
                 httpx.post(f"{s.url}/recommend", json={"user_id": "3", "k": 5}, timeout=10).json()["adapter_version"]
             )
 
-        asyncio.run(publish(1, fields(1, good, b"fault-key")))
+        publish(1, fields(1, good, b"fault-key"))
         wait_until(lambda: served() == 1, 30, "the good adapter")
         corrupt = fields(3, good, b"fault-key") | {"weights": b"\x00corrupt"}
         corrupt["signature"] = sign(b"fault-key", corrupt["manifest"], b"\x00corrupt").encode()
@@ -351,11 +361,11 @@ def bad_adapters(model: Path) -> str:
                  ("another base model", 5, fields(5, good, b"fault-key", "0123456789ab")),
                  ("oversized blob", 6, fields(6, good, b"fault-key") | {"weights": b"x" * (65 << 20)})]  # fmt: skip
         for name, version, f in cases:
-            asyncio.run(publish(version, f))
+            publish(version, f)
             time.sleep(1.5)  # past the service's poll
             rows.append(f"| {name} | refused, version {served()} still served |")
-        asyncio.run(publish(1, fields(1, good, b"fault-key")))  # an older version: never moves backwards
-        asyncio.run(publish(7, fields(7, good, b"fault-key")))
+        publish(1, fields(1, good, b"fault-key"))  # an older version: never moves backwards
+        publish(7, fields(7, good, b"fault-key"))
         wait_until(lambda: served() == 7, 30, "the next good adapter")
         rows.append("| next good version 7 | swapped in |")
         text = httpx.get(f"{s.url}/metrics", timeout=10).text
@@ -364,11 +374,10 @@ def bad_adapters(model: Path) -> str:
                 "\n\nService counters: " + ", ".join(f"`{c}`" for c in counts) + "\n")  # fmt: skip
 
 
-def _expected_scores(model: Path, history: list[str], versions: dict[int, dict[str, np.ndarray]],
+def _expected_scores(ck: OpenedCheckpoint, history: list[str], versions: dict[int, dict[str, np.ndarray]],
                      gamma: float) -> dict[int, dict[str, float]]:  # fmt: skip
     """Per version, every item's score for a user with `history` when the index holds that version's
     rows: the service's own functions (index rows, user encoding, query vector) in this process."""
-    ck = load_serving_checkpoint(model, CACHE)
     base, index = index_vectors(ck.model), {x: i for i, x in enumerate(ck.data.item_ids)}
     u = user_vectors(ck.model, [[index[i] for i in history]])[0].numpy()
     out = {}
@@ -408,29 +417,23 @@ def mixed_versions(model: Path, k: int = 100, gamma: float = 1.0) -> str:
             answers.append((int(body["adapter_version"]), [(x["item_id"], x["score"]) for x in body["items"]]))
             return answers[-1][0]
 
-        async def publish(v: int) -> None:
-            redis = Redis.from_url("redis://127.0.0.1:6379/0")
-            t = versions[v]
-            f = encode(
-                t, Manifest(v, checkpoint_version(model), {k: list(x.shape) for k, x in t.items()}, 1), b"fault-key"
-            )
-            await RedisAdapterStore(redis, s.prefix + "a:").publish(v, f, [])
-            await redis.aclose()
+        def publish(v: int) -> None:
+            publish_adapter(s, v, adapter_fields(v, versions[v], b"fault-key", checkpoint_version(model)))
 
-        asyncio.run(publish(1))
+        publish(1)
         wait_until(lambda: ask() == 1, 60, "version 1")
         answers.clear()
         published = time.monotonic()
-        asyncio.run(publish(2))
+        publish(2)
         while ask() < 2:  # while version 2 is being written
             pass
-        asyncio.run(publish(3))
+        publish(3)
         while ask() < 3:
             pass
         for _ in range(20):  # and after
             ask()
         window_s = time.monotonic() - published
-    expected = _expected_scores(model, history, versions, gamma)
+    expected = _expected_scores(ck, history, versions, gamma)
     return _mixture_table(answers, expected, window_s)
 
 

@@ -275,8 +275,8 @@ CLICK_BUCKETS = ((0, 1), (1, 5), (5, 20), (20, 50), (50, None))  # clicks before
 
 
 def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: list[str] | None = None) -> str:
-    """Runs `arms` (default: all) and writes each arm's per-event results under bench/results, keyed by
-    the checkpoint's version; the table shows every arm stored for this version, so arms can be run
+    """Runs `arms` (default: all) and writes each arm's per-event results under `RESULTS`, keyed by
+    the checkpoint's version and the stream; the table shows every arm stored for this version, so arms can be run
     in separate processes (the retrain arm is the slow one)."""
     ck = open_checkpoint(model, CACHE)
     stream = _stream(ck)[:limit] if limit else _stream(ck)
