@@ -111,18 +111,18 @@ class LLM4Rec(nn.Module):
         self.items, self._cache = items, None
 
     # -- user side -------------------------------------------------------------------------------
-    def encode(self, seq: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
-        """seq: (B, L) left-padded item ids -> hidden states (B, L, D)."""
+    def encode(self, seq: torch.Tensor, item_vecs: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """seq: (B, L) left-padded item ids -> hidden states (B, L, D), or with `last` (B, 1, D)."""
         valid = seq != PAD
         L = seq.shape[1]
         x = item_vecs[seq.clamp(min=0)] * self.config.fusion.dim**0.5
         x = x + self.pos_emb(torch.arange(L - 1, -1, -1))  # positions count back from the newest item
-        return self.encoder(self.drop(x) * valid.unsqueeze(-1), valid)
+        return self.encoder(self.drop(x) * valid.unsqueeze(-1), valid, last=last)
 
     def user_vectors(self, history: torch.Tensor) -> torch.Tensor:
         """history: (B, L) -> (B, D), the state after the newest item."""
         items, _ = self.item_vectors()
-        return self.encode(history[:, -self.config.max_len :], items)[:, -1]
+        return self.encode(history[:, -self.config.max_len :], items, last=True)[:, -1]
 
     def popularity_term(self, gamma: float | None = None) -> torch.Tensor:
         """(N,) gamma * log(1 + pop); zero when deconfounding is off."""

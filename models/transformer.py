@@ -21,12 +21,15 @@ class CausalBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, D); mask: (B, 1, L, L) bool, True where attention is allowed."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """x: (B, L, D); mask: (B, 1, L, L) bool, True where attention is allowed -> (B, L, D), or with
+        `last` only the newest position's output (B, 1, D)."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L, D/H)
-        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, L, D)))
+        if last:
+            q, mask, x = q[:, :, -1:], mask[:, :, -1:], x[:, -1:]
+        att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, L or 1, D/H)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(B, -1, D)))
         return x + self.drop(self.ffn(self.ln2(x)))
 
 
@@ -45,14 +48,16 @@ class SASRecBlock(nn.Module):
                                  nn.Dropout(dropout))  # fmt: skip
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
         B, L, D = x.shape
-        h = self.ln1(x)
-        q = self.q(h).view(B, L, self.heads, D // self.heads).transpose(1, 2)
         k, v = self.kv(x).view(B, L, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        if last:
+            x, mask = x[:, -1:], mask[:, :, -1:]
+        h = self.ln1(x)
+        q = self.q(h).view(B, -1, self.heads, D // self.heads).transpose(1, 2)
         p = self.dropout if self.training else 0.0
         att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        x = self.ln2(h + self.proj(att.transpose(1, 2).reshape(B, L, D)))
+        x = self.ln2(h + self.proj(att.transpose(1, 2).reshape(B, -1, D)))
         return x + self.ffn(x)
 
 
@@ -65,14 +70,16 @@ class CausalTransformer(nn.Module):
             self.blocks = nn.ModuleList(CausalBlock(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, D) inputs; valid: (B, L) bool, False on padding -> (B, L, D)."""
+    def forward(self, x: torch.Tensor, valid: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """x: (B, L, D) inputs; valid: (B, L) bool, False on padding -> (B, L, D), or with `last` the
+        newest position's state only (B, 1, D): what a user vector needs. Causality lets the last block
+        skip the other positions' queries, about a third of an encoding's work at two blocks."""
         L = x.shape[1]
         eye = torch.eye(L, dtype=torch.bool, device=x.device)
         # causal, no padded keys; every position may see itself so all-padding rows stay finite
         mask = torch.ones(L, L, dtype=torch.bool, device=x.device).tril() & (valid[:, None, None, :] | eye)
-        for block in self.blocks:
-            x = block(x, mask)
+        for j, block in enumerate(self.blocks):
+            x = block(x, mask, last=last and j == len(self.blocks) - 1)
         return self.norm(x)
 
 

@@ -51,14 +51,14 @@ class SASRec(nn.Module):
             nn.init.normal_(self.pos_emb.weight, std=0.02)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=c.lr)
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
-        """items: (B, L) left-padded with PAD -> (B, L, D) hidden states."""
+    def encode(self, items: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """items: (B, L) left-padded with PAD -> (B, L, D) hidden states, or with `last` (B, 1, D)."""
         ids = items + 1  # PAD (-1) -> 0
         L = ids.shape[1]
         # positions count back from the newest item, so batches padded to different lengths agree
         x = self.item_emb(ids) * self.config.dim**0.5 + self.pos_emb(torch.arange(L - 1, -1, -1))
         valid = ids != 0
-        return self.encoder(self.dropout(x) * valid.unsqueeze(-1), valid)
+        return self.encoder(self.dropout(x) * valid.unsqueeze(-1), valid, last=last)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden @ self.item_emb.weight[1:].T  # (..., N)
@@ -81,4 +81,4 @@ class SASRec(nn.Module):
     def score(self, batch: HistoryBatch) -> torch.Tensor:
         self.eval()
         items = batch.items[:, -self.config.max_len :]
-        return self.logits(self.encode(items)[:, -1])
+        return self.logits(self.encode(items, last=True)[:, -1])

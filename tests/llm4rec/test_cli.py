@@ -202,6 +202,7 @@ def test_up_runs_service_and_learner_processes_against_kafka_and_redis(
             assert len(descendants(up.pid)) >= 2  # the service and the learner
         finally:
             _stop_up(up, signal.SIGINT)  # the learner and the service get SIGTERM from `up`
+            _delete_keys(prefix)
 
 
 @pytest.mark.parametrize(
@@ -261,6 +262,17 @@ def test_serve_stops_on_sigint_also_when_started_in_the_background(
             serve.wait()
             raise
     assert code == 0
+
+
+def _delete_keys(prefix: str) -> None:
+    """Remove what a test's processes wrote to the shared Redis under `prefix`."""
+    from redis import Redis
+
+    client = Redis.from_url("redis://127.0.0.1:6379/0")
+    keys = list(client.scan_iter(match=prefix + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 def _stop_up(up: subprocess.Popen[bytes], sig: signal.Signals) -> None:

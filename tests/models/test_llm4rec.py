@@ -11,6 +11,7 @@ from models.fusion import CrossModalAttention, FusionConfig, ItemFusion, ItemInp
 from models.llm4rec import LLM4Rec, LLM4RecConfig
 from models.scoring import HistoryBatch, TrainData
 from models.splits import leave_one_out
+from models.transformer import CausalTransformer
 from tests.conftest import make_dataset
 from training.evaluate import EvalContext, evaluate
 from training.fit import FitConfig, fit
@@ -196,3 +197,17 @@ def test_group_loss_gap_is_the_spread_of_group_means_and_differentiable() -> Non
     assert losses.grad is not None
     torch.testing.assert_close(losses.grad, torch.tensor([-0.5, -0.5, 1.0, 0.0]))
     assert group_loss_gap(losses, torch.tensor([1, 1, 1, -1])).item() == 0.0  # one group: nothing to equalise
+
+
+@pytest.mark.parametrize("layout", ["sasrec", "pre-norm"])
+def test_the_newest_state_alone_equals_the_full_encodings_last_row(layout: str) -> None:
+    torch.manual_seed(0)
+    net = CausalTransformer(16, layers=2, heads=2, dropout=0.2, layout=layout).eval()
+    x = torch.randn(5, 7, 16)
+    valid = torch.ones(5, 7, dtype=torch.bool)
+    valid[0, :4] = False  # a short history, left-padded
+    valid[1, :6] = False
+    full = net(x, valid)
+    last = net(x, valid, last=True)
+    assert last.shape == (5, 1, 16)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
