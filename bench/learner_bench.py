@@ -34,10 +34,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from markdown_sections import command_line, write_section
+from markdown_sections import command_line, machine, write_section
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,20 +76,42 @@ def _learner(model: Path, guard: GuardSettings | None = None, user_refresh_every
                          user_refresh_every=user_refresh_every)  # fmt: skip
 
 
-def _rates(model: Path, stream: list[list[FeedbackEvent]], arms: list[dict[str, float | bool]]) -> list[float]:
-    """Events/s of each arm's learner on the same batches, their timed batches interleaved so that a
-    change in the machine's load falls on every arm alike."""
+class _TimedUserModel:
+    """A user model whose encodings are timed: how much of a batch goes to encoding users."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.seconds = model, 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def encode(self, histories: Any) -> torch.Tensor:
+        t = time.perf_counter()
+        out = self.model.encode(histories)
+        self.seconds += time.perf_counter() - t
+        return out
+
+
+def _rates(model: Path, stream: list[list[FeedbackEvent]],
+           arms: list[dict[str, float | bool]]) -> list[tuple[float, float]]:  # fmt: skip
+    """Events/s of each arm's learner on the same batches, and the share of its time spent encoding
+    users; the timed batches are interleaved so that a change in the machine's load falls on every
+    arm alike."""
     learners = [_learner(model, **online) for online in arms]
-    for b in stream[:WARM]:  # warm-up: fills the per-user frozen-model vector cache, as a running learner has
+    for b in stream[:WARM]:  # warm-up: fills the per-user vector cache, as a running learner has
         for learner in learners:
             asyncio.run(learner.process(b))
+    timers = [_TimedUserModel(learner.trainer.users.model) for learner in learners]
+    for learner, timer in zip(learners, timers, strict=True):
+        learner.trainer.users.model = timer  # type: ignore[assignment]
     seconds = [0.0] * len(arms)
     for b in stream[WARM:]:
         for j, learner in enumerate(learners):
             t = time.perf_counter()
             asyncio.run(learner.process(b))
             seconds[j] += time.perf_counter() - t
-    return [sum(map(len, stream[WARM:])) / s for s in seconds]
+    events = sum(map(len, stream[WARM:]))
+    return [(events / s, timer.seconds / s) for s, timer in zip(seconds, timers, strict=True)]
 
 
 def throughput(model: Path, batches: int = 20, size: int = 256) -> str:
@@ -99,12 +122,14 @@ def throughput(model: Path, batches: int = 20, size: int = 256) -> str:
     stream = [[FeedbackEvent(user_id=users[int(u)], item_id=items[int(i)], type="click")  # type: ignore[arg-type]
                for u, i in zip(rng.integers(len(users), size=size), rng.integers(len(items), size=size), strict=True)]
               for _ in range(batches + WARM)]  # fmt: skip
-    old, rate = _rates(model, stream, [ARMS["adapter alone (the old learner)"], {}])
+    (old, _), (rate, encoding) = _rates(model, stream, [ARMS["adapter alone (the old learner)"], {}])
     return (f"### Throughput\n\n{rate:,.0f} events/s on one core with the learner's defaults, against {old:,.0f} for "
-            f"the adapter alone in the same run ({rate / old:.2f}x, batches interleaved); {batches} micro-batches "
-            f"of {size} random clicks on `{model.name}` ({ck.data.name}, {ck.data.num_items:,} items) after {WARM} "
-            "warm-up batches, one torch thread, sampled softmax (1,024 negatives), each batch published: encode, "
-            "sign, store; a user's frozen-model vector is recomputed after every 5 of their events.\n")  # fmt: skip
+            f"the adapter alone in the same run ({rate / old:.2f}x, batches interleaved); {encoding:.0%} of the "
+            f"defaults' time went to encoding users. {batches} micro-batches of {size} random clicks on "
+            f"`{model.name}` ({ck.data.name}, {ck.data.num_items:,} items) after {WARM} warm-up batches, one torch "
+            "thread, sampled softmax (1,024 negatives), each batch published: encode, sign, store; users encoded as "
+            f"the service encodes them (a vector reused until {USER_REFRESH_EVERY} items were appended to the "
+            f"history). Machine: {machine()}.\n")  # fmt: skip
 
 
 def _rank_metrics(scores: torch.Tensor, targets: list[int], exclude: list[set[int]]) -> tuple[list[float], list[float]]:

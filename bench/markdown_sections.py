@@ -4,6 +4,8 @@ script owns its own part of the file; keeps per-(row, seed) results the sections
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shlex
 import sys
 from pathlib import Path
@@ -25,6 +27,14 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS) -> None:
 def command_line() -> str:
     """How this bench was run, as a shell would re-run it (arguments quoted where they need it)."""
     return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *map(shlex.quote, sys.argv[1:])])
+
+
+def machine() -> str:
+    """The CPU a figure was measured on: timings move by 2-3x between the machines this project runs on."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")] if (
+        cpuinfo.exists()) else []  # fmt: skip
+    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} cores"
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,8 +41,16 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def fit(
-    model: Trainable, data: TrainData, valid: EvalSet, ctx: EvalContext, config: FitConfig, progress: bool = True
+    model: Trainable,
+    data: TrainData,
+    valid: EvalSet,
+    ctx: EvalContext,
+    config: FitConfig,
+    progress: bool = True,
+    on_validation: Callable[[int, float], None] | None = None,
 ) -> FitResult:
+    """`on_validation(epoch, valid NDCG@10)` runs after each validation, before any stopping decision
+    (benches record what else the model scores there)."""
     rng = seed_everything(config.seed)
     result, best_state, stale = FitResult(), copy.deepcopy(model.state_dict()), 0
     start = time.perf_counter()
@@ -54,6 +63,8 @@ def fit(
             continue
         ndcg = evaluate(model, valid, ctx, ks=(10,), beyond=False)["NDCG@10"]
         result.curve.append((epoch, loss, ndcg))
+        if on_validation is not None:
+            on_validation(epoch, ndcg)
         bar.set_postfix(loss=f"{loss:.4f}", valid_ndcg10=f"{ndcg:.4f}")
         if ndcg > result.best_valid_ndcg:
             result.best_valid_ndcg, result.best_epoch, stale = ndcg, epoch, 0
