@@ -128,8 +128,12 @@ def throughput(model: Path, batches: int = 20, size: int = 256) -> str:
             f"defaults' time went to encoding users. {batches} micro-batches of {size} random clicks on "
             f"`{model.name}` ({ck.data.name}, {ck.data.num_items:,} items) after {WARM} warm-up batches, one torch "
             "thread, sampled softmax (1,024 negatives), each batch published: encode, sign, store; users encoded as "
-            f"the service encodes them (a vector reused until {USER_REFRESH_EVERY} items were appended to the "
-            f"history). Machine: {machine()}.\n")  # fmt: skip
+            f"the service encodes them ({_refresh_policy(USER_REFRESH_EVERY)}). Machine: {machine()}.\n")  # fmt: skip
+
+
+def _refresh_policy(every: int) -> str:
+    return "a user re-encoded after every appended item" if every == 1 else (
+        f"a user's vector reused until {every} items were appended")  # fmt: skip
 
 
 def _rank_metrics(scores: torch.Tensor, targets: list[int], exclude: list[set[int]]) -> tuple[list[float], list[float]]:
@@ -331,8 +335,8 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
             f"events scored (first-time user-item pairs after the cut, users with a history; {new:,} items "
             f"first seen after the cut enter the catalogue, content-only, when first clicked), batches of {batch}; "
             f"popularity half-life {HALF_LIFE_DAYS:g} days. Every arm reads the same growing histories and encodes "
-            f"users as the service does (a vector reused until {USER_REFRESH_EVERY} items were appended, unless the "
-            "arm says otherwise); the learner arms run with the production guardrail (one event in 10 held out). "
+            f"users as the service does ({_refresh_policy(USER_REFRESH_EVERY)}, unless the arm says otherwise); the "
+            "learner arms run with the production guardrail (one event in 10 held out). "
             "CPU s: process CPU seconds spent learning (the learner's batches; the retrain arm's nine trainings), "
             "one torch thread.\n\n"
             "| arm | HR@10 (± s.e.) | NDCG@10 (± s.e.) | NDCG@10 vs frozen (paired ± s.e.) | CPU s |\n"

@@ -29,7 +29,7 @@ DEFAULT = SASRecConfig()
 PREVIOUS = replace(DEFAULT, max_len=200, batch_size=128, xavier=False, layout="pre-norm", length_buckets=True)
 VARIANTS: dict[str, tuple[SASRecConfig, FitConfig]] = {
     "default (SASRec block, Xavier init, windows over whole histories, max length 50, batch 64 drawn at random, "
-    "validate every 5, patience 4)": (DEFAULT, zoo.SEQUENTIAL_FIT),
+    "validate every 5, patience 3)": (DEFAULT, zoo.SEQUENTIAL_FIT),
     "previous default (pre-norm block, N(0, 0.02) init, max length 200, batches of similar length, batch 128, "
     "every 2, patience 5)": (PREVIOUS, replace(zoo.SEQUENTIAL_FIT, eval_every=2, patience=5)),
     "batches of windows of similar length": (replace(DEFAULT, length_buckets=True), zoo.SEQUENTIAL_FIT),
