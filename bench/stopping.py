@@ -134,9 +134,10 @@ def summary(curves: dict[str, dict[str, Curve]]) -> str:
 
 
 def chart(curves: dict[str, dict[str, Curve]], name: str) -> Path:
-    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False, sharey=True)
     for ax, (m, runs) in zip(axes[0], curves.items(), strict=True):
-        for seed, c in runs.items():
+        for seed in sorted(runs, key=int):
+            c = runs[seed]
             x = np.arange(1, len(c["valid"]) + 1)
             (line,) = ax.plot(x, c["valid"], lw=1, label=f"seed {seed} validation")
             ax.plot(x, c["test"], lw=1, ls="--", color=line.get_color(), label=f"seed {seed} test")
