@@ -46,9 +46,13 @@ RULES = [(every, patience) for every in (1, 2, 5) for patience in (1, 2, 3, 4, 6
 Curve = dict[str, list[float]]  # valid, test (NDCG@10), test_hr (HR@10), seconds (cumulative wall time)
 
 
-def record(model_name: str, dataset: Path, seed: int, epochs: int) -> Curve:
-    """Train for `epochs` epochs under the sequential models' schedule, scoring validation and test
-    after every one."""
+def label(model_name: str, average: float) -> str:
+    return f"{model_name}, weights averaged ({average:g})" if average else model_name
+
+
+def record(model_name: str, dataset: Path, seed: int, epochs: int, average: float) -> Curve:
+    """Train for `epochs` epochs, scoring validation and test after every one (with `average`, the
+    moving average of the weights `fit` validates)."""
     data = load_dataset(str(dataset))
     split = make_split(data, RunConfig(seed=seed))
     train = TrainData(split.train, split.num_users, split.num_items)
@@ -69,7 +73,7 @@ def record(model_name: str, dataset: Path, seed: int, epochs: int) -> Curve:
         curve["test_hr"].append(m["HR@10"])
         curve["seconds"].append(time.perf_counter() - start)
 
-    fc = FitConfig(max_epochs=epochs, eval_every=1, patience=epochs + 1, seed=seed)
+    fc = FitConfig(max_epochs=epochs, eval_every=1, patience=epochs + 1, seed=seed, weight_average=average)
     fit(model, train, split.valid, ctx, fc, progress=True, on_validation=on_validation)
     return curve
 
@@ -90,7 +94,7 @@ def replay(valid: list[float], every: int, patience: int) -> tuple[int, int, boo
 
 
 def table(curves: dict[str, dict[str, Curve]]) -> str:
-    models = [m for m in ("llm4rec", "sasrec") if m in curves]
+    models = list(curves)
     head = "| validate every | patience | " + " | ".join(
         f"{m} test NDCG@10 | {m} epochs run" for m in models
     ) + " |"  # fmt: skip
@@ -134,8 +138,12 @@ def summary(curves: dict[str, dict[str, Curve]]) -> str:
 
 
 def chart(curves: dict[str, dict[str, Curve]], name: str) -> Path:
-    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False, sharey=True)
-    for ax, (m, runs) in zip(axes[0], curves.items(), strict=True):
+    cols = min(2, len(curves))
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(curves) :]:
+        ax.set_visible(False)
+    for ax, (m, runs) in zip(axes.flat, curves.items(), strict=False):
         for seed in sorted(runs, key=int):
             c = runs[seed]
             x = np.arange(1, len(c["valid"]) + 1)
@@ -157,6 +165,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--models", default="llm4rec,sasrec", help="'' re-renders the stored curves")
     p.add_argument("--epochs", type=int, default=80)
+    p.add_argument("--weight-average", type=float, default=SEQUENTIAL_FIT.weight_average,
+                   help="decay of the weights' moving average (0: off); default: the models' schedule")  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(1)  # so that seeds can run side by side, one per core
     name = args.dataset.name
@@ -164,7 +174,8 @@ def main() -> None:
     curves: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {}
     for m in filter(None, args.models.split(",")):
         for seed in (int(s) for s in args.seeds.split(",") if s):
-            curves.setdefault(m, {})[str(seed)] = record(m, args.dataset, seed, args.epochs)
+            curve = record(m, args.dataset, seed, args.epochs, args.weight_average)
+            curves.setdefault(label(m, args.weight_average), {})[str(seed)] = curve
             RESULTS.mkdir(exist_ok=True)
             store.write_text(json.dumps(curves))
     figure = chart(curves, name)

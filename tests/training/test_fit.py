@@ -3,6 +3,10 @@ run validates does not change what it trains."""
 
 from __future__ import annotations
 
+import copy
+
+import torch
+
 from models.baselines import SASRec, SASRecConfig
 from models.data import RecDataset
 from models.scoring import TrainData
@@ -38,3 +42,34 @@ def test_the_hook_sees_the_validation_that_stops_the_run(cyclic: RecDataset) -> 
     seen, epochs = _validations(cyclic, every=1, patience=1, epochs=60)
     assert epochs < 60  # stopped by the rule, not by max_epochs
     assert seen[-1][0] == epochs
+
+
+def test_validation_sees_the_weight_average_while_training_follows_the_raw_weights(cyclic: RecDataset) -> None:
+    split = leave_one_out(cyclic)
+    train = TrainData(split.train, split.num_users, split.num_items)
+    ctx = EvalContext.build(cyclic, train)
+
+    def states(average: float) -> list[dict[str, torch.Tensor]]:
+        seed_everything(0)
+        model = SASRec(train.num_items, SASRecConfig(dim=16, layers=1, max_len=10, batch_size=8))
+        seen: list[dict[str, torch.Tensor]] = []
+        config = FitConfig(max_epochs=3, eval_every=1, patience=10, seed=0, weight_average=average)
+        fit(model, train, split.valid, ctx, config, progress=False,
+            on_validation=lambda e, v: seen.append(copy.deepcopy(model.state_dict())))  # fmt: skip
+        return seen
+
+    raw, averaged = states(0.0), states(0.75)
+    for epoch in range(3):
+        for k, v in averaged[epoch].items():
+            # the average of the raw run's weights: averaging changed nothing in how the weights trained
+            expected = raw[0][k] if epoch == 0 else 0.75 * _average(raw[:epoch], k) + 0.25 * raw[epoch][k]
+            torch.testing.assert_close(v, expected)
+    assert not torch.equal(averaged[2]["item_emb.weight"], raw[2]["item_emb.weight"])
+
+
+def _average(states: list[dict[str, torch.Tensor]], k: str, decay: float = 0.75) -> torch.Tensor:
+    """The moving average after `states`, started from the first."""
+    avg = states[0][k].clone()
+    for s in states[1:]:
+        avg = decay * avg + (1 - decay) * s[k]
+    return avg
