@@ -111,8 +111,8 @@ def table(curves: dict[str, dict[str, Curve]]) -> str:
             cells += [f"{np.mean(tests):.4f} ± {np.std(tests, ddof=1) if len(tests) > 1 else 0:.4f}",
                       f"{np.mean(stops):.0f}"]  # fmt: skip
         current = (every, patience) == (SEQUENTIAL_FIT.eval_every, SEQUENTIAL_FIT.patience)
-        label = f"**{every}**" if current else str(every)
-        lines.append(f"| {label} | {patience}{' (curve ended first)' if cut else ''} | " + " | ".join(cells) + " |")
+        interval = f"**{every}**" if current else str(every)
+        lines.append(f"| {interval} | {patience}{' (curve ended first)' if cut else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
