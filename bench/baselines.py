@@ -8,7 +8,6 @@ Prints a table per dataset and protocol, and rewrites the `baselines` section of
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from markdown_sections import command_line, write_section
+from markdown_sections import command_line, machine, write_section
 
 from recdata import load_dataset
 from training.experiment import RunConfig, make_split, test_metrics, train_baseline
@@ -34,9 +33,9 @@ def main() -> None:
     p.add_argument("--protocols", default="full,sampled-uniform,sampled-pop")
     p.add_argument("--out", type=Path, default=Path("results/bench"), help="results.json/md per dataset")
     args = p.parse_args()
-    machine = f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    where = f"{machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     parts = [
-        f"## Baselines\n\nCommand: `{command_line()}`  \nMachine: {machine}. "
+        f"## Baselines\n\nCommand: `{command_line()}`  \nMachine: {where}. "
         "Leave-one-out by time, seed 0; each model is trained and selected once per dataset, the protocols "
         "only change how its test targets are ranked.\n"
     ]

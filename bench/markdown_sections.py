@@ -32,9 +32,9 @@ def command_line() -> str:
 def machine() -> str:
     """The CPU a figure was measured on: timings move by 2-3x between the machines this project runs on."""
     cpuinfo = Path("/proc/cpuinfo")
-    names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")] if (
-        cpuinfo.exists()) else []  # fmt: skip
-    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} cores"
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), platform.machine())
+    return f"{name}, {os.cpu_count()} cores"
 
 
 RESULTS = Path(__file__).resolve().parent / "results"

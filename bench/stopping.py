@@ -30,7 +30,6 @@ from markdown_sections import RESULTS, command_line, machine, write_section
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from models.baselines import SASRec
 from models.scoring import Trainable, TrainData
 from recdata import load_dataset
 from training.ablation import DEFAULT
@@ -38,7 +37,7 @@ from training.checkpoint import build_model
 from training.evaluate import EvalContext, evaluate
 from training.experiment import RunConfig, make_split
 from training.fit import FitConfig, fit, seed_everything
-from training.zoo import SEQUENTIAL_FIT
+from training.zoo import BASELINES, SEQUENTIAL_FIT
 
 FIGURES = Path(__file__).resolve().parent / "figures"
 CACHE = Path(".cache/text-embeddings")
@@ -61,7 +60,7 @@ def record(model_name: str, dataset: Path, seed: int, epochs: int, average: floa
     model: Trainable = (
         build_model(data, train, DEFAULT, CACHE, progress=False)  # type: ignore[assignment]
         if model_name == "llm4rec"
-        else SASRec(train.num_items)
+        else BASELINES[model_name].build(train)
     )
     curve: Curve = {"valid": [], "test": [], "test_hr": [], "seconds": []}
     start = time.perf_counter()

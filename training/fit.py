@@ -46,9 +46,9 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 class WeightAverage:
-    """An exponential moving average of a model's weights (Polyak averaging), updated at epoch ends. On a
-    validation plateau the weights swing from epoch to epoch; their average scores better than most of
-    the epochs it averages (BENCHMARKS.md, early stopping)."""
+    """An exponential moving average of a model's weights (Polyak averaging), updated at epoch ends: on a
+    validation plateau the weights swing from epoch to epoch, and the average smooths the swings out
+    (measured in BENCHMARKS.md, early stopping: a gain inside the seed noise, so off by default)."""
 
     def __init__(self, decay: float) -> None:
         self.decay = decay
