@@ -9,12 +9,15 @@ and freshness (feedback -> served adapter) through the real service, Kafka proto
 - prequential (recommend, then learn): a model trained on the first 80% of a dataset by time
   (`--temporal-model`, any dataset); the remaining interactions (first-time user-item pairs) stream in
   time order in batches of 64; each event is first scored (rank of its item among the listed items the
-  user has not met, HR@10 and NDCG@10), then the batch is learned. Items first seen after the cut are
-  listed when first clicked, with their content-only vectors. Users are encoded as the service
-  encodes them. Arms: popularity fixed at the cut and streaming (the floors), frozen, the learner with
-  each part switched on alone and together, and a periodic full retrain every tenth of the stream
-  (the yardstick), each with the CPU seconds it spent learning. `--arms` runs some of them; the table
-  shows every arm stored for the checkpoint (.cache/prequential), so slow arms can run in parallel.
+  user has not met, HR@10 and NDCG@10) against the user's history up to the event before it, as the
+  service appends clicks at once, then the batch is learned. (Scoring a whole batch against the
+  histories before it made users' rating sessions look unpredictable and popularity look useful.)
+  Items first seen after the cut are listed when first clicked, with their content-only vectors.
+  Users are encoded as the service encodes them. Arms: popularity fixed at the cut and streaming
+  (the floors), frozen, the learner with each part switched on alone and together, and a periodic
+  full retrain every tenth of the stream (the yardstick), each with the CPU seconds it spent
+  learning. `--arms` runs some of them; the table shows every arm stored for the checkpoint
+  (.cache/prequential), so slow arms can run in parallel.
 - forgetting: the adapter alone, or the item rows alone, learn from a drifted segment (random users
   suddenly clicking one genre), then the temporal model's own test set is evaluated (full ranking),
   at several consolidation weights.
@@ -157,12 +160,13 @@ def _scores(learner: Learner, histories: list[np.ndarray], users: list[str] | No
 
 
 # what each arm learns; every arm reads the same growing histories and catalogue
+HALF_LIFE_DAYS = 180.0  # the streaming popularity's, where an arm turns it on
 ARMS: dict[str, dict[str, float | bool]] = {
     "frozen": {"adapter_updates": False, "item_updates": False, "popularity_half_life_days": 0},
     "adapter alone (the old learner)": {"adapter_updates": True, "item_updates": False, "popularity_half_life_days": 0},
-    "item rows alone": {"popularity_half_life_days": 0},
-    "streaming popularity alone": {"item_updates": False},
-    "learner defaults (item rows + streaming popularity)": {},
+    "learner defaults (item rows)": {},
+    "streaming popularity alone": {"item_updates": False, "popularity_half_life_days": HALF_LIFE_DAYS},
+    "defaults + streaming popularity": {"popularity_half_life_days": HALF_LIFE_DAYS},
     "defaults + adapter": {"adapter_updates": True},
     # the service's cache policy at 5 (a user's vector reused until 5 items were appended): what the
     # learner used before its policy became the service's
@@ -174,7 +178,6 @@ ARMS: dict[str, dict[str, float | bool]] = {
     },
     "learner defaults (user vectors refreshed every 5 items)": {"user_refresh_every": 5},
 }
-HALF_LIFE_DAYS = 180.0
 FROZEN = ARMS["frozen"]
 RETRAIN = "periodic full retrain (every 10%)"
 FLOORS = {"popularity fixed at the cut": None, "popularity streaming": HALF_LIFE_DAYS}
@@ -276,13 +279,12 @@ def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], 
         chunk = stream[lo : lo + batch]
         listed[[i for _, i, _ in chunk]] = True  # announced before it is clicked
         users = [ck.data.user_ids[u] for u, _, _ in chunk]
-        known = [k for k, uid in enumerate(users) if learner.histories.get(uid)]
+        known, hs, seen = _before_each(chunk, users, learner.histories, met)
         if known:
-            hs = [np.asarray(learner.histories[users[k]], np.int64) for k in known]
             s = pop_arm.scores(len(known)).clone() if pop_arm else _scores(learner, hs, [users[k] for k in known])
             s[:, ~torch.from_numpy(listed)] = -torch.inf
             targets = [chunk[k][1] for k in known]
-            h, n = _rank_metrics(s, targets, [met[users[k]] for k in known])
+            h, n = _rank_metrics(s, targets, seen)
             out += zip(h, n, clicks[targets], ~warm[targets], strict=True)
         np.add.at(clicks, [i for _, i, _ in chunk], 1)
         events = [FeedbackEvent(user_id=ck.data.user_ids[u], item_id=ck.data.item_ids[i], type="click",  # type: ignore[arg-type]
@@ -300,6 +302,24 @@ def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], 
     return np.array(out), cpu_s + (retrainer.cpu_s if retrainer else 0.0)
 
 
+def _before_each(chunk: list[tuple[int, int, int]], users: list[str], histories: dict[str, list[int]],
+                 met: dict[str, set[int]]) -> tuple[list[int], list[np.ndarray], list[set[int]]]:  # fmt: skip
+    """The chunk's events whose user has a history, each with the history and the items met just before
+    it: the service appends a click to the history as it accepts it, so the next list already knows
+    the user's earlier clicks of the chunk even though the learner has not learnt them yet."""
+    known, hs, seen = [], [], []
+    earlier: dict[str, list[int]] = {}
+    for k, ((_, item, _), uid) in enumerate(zip(chunk, users, strict=True)):
+        before = earlier.setdefault(uid, [])
+        history = [*histories.get(uid, []), *before]
+        if history:
+            known.append(k)
+            hs.append(np.asarray(history, np.int64))
+            seen.append(met.get(uid, set()) | set(before))
+        before.append(item)
+    return known, hs, seen
+
+
 CLICK_BUCKETS = ((0, 1), (1, 5), (5, 20), (20, 50), (50, None))  # clicks before the scored event
 
 
@@ -311,7 +331,7 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
     stream = _stream(ck)[:limit] if limit else _stream(ck)
     new = len({i for _, i, _ in stream} - set(np.flatnonzero(ck.train.popularity() > 0).tolist()))
     order = [*FLOORS, *ARMS, RETRAIN]
-    store = RESULTS / f"{checkpoint_version(model)}-{len(stream)}-{batch}"
+    store = RESULTS / f"{checkpoint_version(model)}-{len(stream)}-{batch}-per-event"
     store.mkdir(parents=True, exist_ok=True)
     for name in tqdm(arms or order, desc="prequential arms"):
         r, cpu_s = _replay(ck, model, stream, name, batch)
@@ -333,8 +353,11 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
     return ("### Prequential replay (recommend, then learn)\n\n"
             f"`{model.name}` ({ck.data.name}) trained on the first 80% of interactions by time; {len(r):,} streamed "
             f"events scored (first-time user-item pairs after the cut, users with a history; {new:,} items "
-            f"first seen after the cut enter the catalogue, content-only, when first clicked), batches of {batch}; "
-            f"popularity half-life {HALF_LIFE_DAYS:g} days. Every arm reads the same growing histories and encodes "
+            f"first seen after the cut enter the catalogue, content-only, when first clicked). Each event is scored "
+            "against the user's history up to the event before it (the service appends a click as it accepts it) "
+            f"and learnt in batches of {batch}, after its batch was scored; "
+            f"streaming popularity's half-life, where on, {HALF_LIFE_DAYS:g} days. Every arm reads the same "
+            "growing histories and encodes "
             f"users as the service does ({_refresh_policy(USER_REFRESH_EVERY)}, unless the arm says otherwise); the "
             "learner arms run with the production guardrail (one event in 10 held out). "
             "CPU s: process CPU seconds spent learning (the learner's batches; the retrain arm's nine trainings), "
