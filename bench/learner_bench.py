@@ -164,10 +164,14 @@ HALF_LIFE_DAYS = 180.0  # the streaming popularity's, where an arm turns it on
 ARMS: dict[str, dict[str, float | bool]] = {
     "frozen": {"adapter_updates": False, "item_updates": False, "popularity_half_life_days": 0},
     "adapter alone (the old learner)": {"adapter_updates": True, "item_updates": False, "popularity_half_life_days": 0},
-    "learner defaults (item rows)": {},
-    "streaming popularity alone": {"item_updates": False, "popularity_half_life_days": HALF_LIFE_DAYS},
+    "learner defaults (item rows + adapter)": {},
+    "item rows alone": {"adapter_updates": False},
+    "streaming popularity alone": {
+        "adapter_updates": False,
+        "item_updates": False,
+        "popularity_half_life_days": HALF_LIFE_DAYS,
+    },
     "defaults + streaming popularity": {"popularity_half_life_days": HALF_LIFE_DAYS},
-    "defaults + adapter": {"adapter_updates": True},
     # the service's cache policy at 5 (a user's vector reused until 5 items were appended): what the
     # learner used before its policy became the service's
     "frozen (user vectors refreshed every 5 items)": {

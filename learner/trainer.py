@@ -48,7 +48,7 @@ class OnlineConfig:
     momentum: float  # mu, eq. 26
     importance_threshold: float  # tau, eq. 30
     lambda_ewc: float  # lambda, eq. 33
-    fisher_decay: float  # running average of squared gradients (online EWC)
+    fisher_decay: float  # running average of squared gradients (online EWC); 1: the training data's, kept
     consolidate_every: int  # events between anchor refreshes
     min_lr_scale: float  # floor of the uncertainty scaling, eq. 28
     reliability_decay: float  # running loss variance per feedback group, eq. 31-32
@@ -214,14 +214,11 @@ class OnlineTrainer:
                          torch.autograd.grad(data_loss, [*dense.values(), *([covered.delta] if items else [])]),
                          strict=True))  # fmt: skip
         with torch.no_grad():
-            drift = {k: p - self.anchor[k] for k, p in dense.items()}
-            ewc = sum(((c.lambda_ewc * self.fisher[k] * d**2).sum() for k, d in drift.items()), torch.zeros(()))
-            data_grads = dict(grads)
-            # the EWC term's gradient in closed form: lambda * F * (theta - theta*)
-            grads = {k: g + c.lambda_ewc * self.fisher[k] * drift[k] if k in dense else g for k, g in grads.items()}
+            ewc = sum(((c.lambda_ewc * self.fisher[k] * (p - self.anchor[k]) ** 2).sum() for k, p in dense.items()),
+                      torch.zeros(()))  # fmt: skip
         if not torch.isfinite(data_loss) or any(not torch.isfinite(g).all() for g in grads.values()):
             self.skipped += 1
-            return StepStats(float("nan"), float(ewc), 0.0, 0.0, True)  # e.g. an exploding EWC pull
+            return StepStats(float("nan"), float(ewc), 0.0, 0.0, True)
         scale = max(c.min_lr_scale, 1.0 - float(entropy))
         lr = c.lr * scale
         moved = total = 0
@@ -230,8 +227,11 @@ class OnlineTrainer:
             for k, p in dense.items():
                 mask = _importance(grads[k], c.importance_threshold, rows=False)
                 self.velocity[k].mul_(c.momentum).add_(grads[k] * mask)
-                p.sub_(lr * self.velocity[k] * mask)
-                self.fisher[k].mul_(c.fisher_decay).add_((1 - c.fisher_decay) * data_grads[k] ** 2)
+                # the proximal EWC step, argmin_x |x - (p - lr v)|^2 / 2 lr + lambda F (x - p*)^2 / 2: stable at
+                # any lambda, where the explicit step lambda F (p - p*) diverges once lr lambda F > 2
+                pull = lr * c.lambda_ewc * self.fisher[k] * mask
+                p.copy_((p - lr * self.velocity[k] * mask + pull * self.anchor[k]) / (1 + pull))
+                self.fisher[k].mul_(c.fisher_decay).add_((1 - c.fisher_decay) * grads[k] ** 2)
                 moved, total = moved + int(mask.sum()), total + mask.numel()
             if items:
                 item_ewc, rows_moved = self._step_items(covered, grads["item_delta"], c.item_lr * scale)
@@ -275,9 +275,10 @@ class OnlineTrainer:
         groups = [e.group for e in batch]
         for g in set(groups):
             vals = per[[i for i, x in enumerate(groups) if x == g]]
-            if len(vals) > 1:
+            var = float(vals.var()) if len(vals) > 1 else math.nan
+            if math.isfinite(var):  # one overflowing batch must not zero a group's weight for good
                 d = self.config.reliability_decay
-                self.loss_var[g] = d * self.loss_var[g] + (1 - d) * float(vals.var())
+                self.loss_var[g] = d * self.loss_var[g] + (1 - d) * var
         inv = {g: 1.0 / (self.loss_var[g] + 1e-3) for g in set(groups)}
         mean = sum(inv.values()) / len(inv)
         return torch.tensor([inv[g] / mean for g in groups])

@@ -53,14 +53,15 @@ def test_the_importance_threshold_selects_fewer_parameters(small_trained: SmallT
 
 def test_ewc_holds_parameters_near_their_anchor(small_trained: SmallTrained) -> None:
     drift = {}
-    for lam in (0.0, 10.0):  # lr * lambda * F < 1 keeps the pull stable
-        t = _trainer(small_trained, lambda_ewc=lam, adapter_updates=True, item_updates=False)
+    for lam in (0.0, 100.0, 1e8):  # the proximal step is stable however large lr * lambda * F gets
+        t = _trainer(small_trained, lambda_ewc=lam, adapter_updates=True, item_updates=False, fisher_decay=1.0)
         t.fisher = {k: torch.ones_like(v) for k, v in t.fisher.items()}  # every weight matters equally
         start = {k: p.detach().clone() for k, p in t.params.items()}
         for _ in range(10):
-            t.step(_romance_binge([0, 3, 5]))
+            assert not t.step(_romance_binge([0, 3, 5])).skipped
             drift[lam] = sum(float((p.detach() - start[k]).norm()) for k, p in t.params.items())
-    assert drift[10.0] < 0.5 * drift[0.0]
+    assert drift[100.0] < 0.5 * drift[0.0]
+    assert drift[1e8] < 0.01 * drift[0.0]
 
 
 def test_a_non_finite_batch_is_skipped_and_counted(small_trained: SmallTrained) -> None:
@@ -134,3 +135,12 @@ def test_streaming_popularity_moves_the_popularity_term(small_trained: SmallTrai
     assert float(t.adapter.log_pop[7]) > float(before[7]) + 1.0
     t.restore(snap)  # all or nothing: a refused batch's counts go too
     torch.testing.assert_close(t.adapter.log_pop, before)
+
+
+def test_an_overflowing_batch_does_not_break_the_reliability_weights(small_trained: SmallTrained) -> None:
+    t = _trainer(small_trained)
+    batch = _romance_binge([0, 3, 5], n=8)
+    weights = t._reliability(batch, torch.tensor([1.0, 3e38, -3e38, 2.0, 1.0, 3e38, 0.0, 1.0]))  # variance inf
+    assert torch.isfinite(weights).all()
+    assert t.loss_var[IMPLICIT] == 1.0  # the non-finite variance was not folded in
+    assert not t.step(batch).skipped
