@@ -394,6 +394,16 @@ FORGETTING_ARMS: dict[str, dict[str, float | bool]] = {
         f"adapter, EWC lambda {lam:g}": {"adapter_updates": True, "item_updates": False, "lambda_ewc": lam}
         for lam in (0.0, 1.0, 100.0)
     },
+    # the training data's Fisher kept (it never decays into the drift's), at the strength that holds
+    **{
+        f"adapter, training Fisher kept, EWC lambda {lam:g}": {
+            "adapter_updates": True,
+            "item_updates": False,
+            "fisher_decay": 1.0,
+            "lambda_ewc": lam,
+        }
+        for lam in (1e5, 1e6)
+    },
     **{
         f"item rows, lambda_item {lam:g}": {"adapter_updates": False, "lambda_item": lam}
         for lam in (0.0, 0.01, 0.1, 1.0)

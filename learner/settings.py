@@ -27,10 +27,13 @@ class OnlineSettings(BaseModel):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     importance_threshold: float = Field(0.1, ge=0, le=1)
-    lambda_ewc: float = Field(100.0, ge=0)  # BENCHMARKS.md, forgetting: 100 halves the loss to a drift; 1 barely acts
+    # BENCHMARKS.md, learner-forgetting: a drift of the whole stream moves the adapter at 100; holding it
+    # (fisher_decay 1, lambda 1e6) also removed the adapter's gain in the replay
+    lambda_ewc: float = Field(100.0, ge=0)
     fisher_decay: float = Field(0.99, ge=0, le=1)
     consolidate_every: int = Field(20_000, ge=1)
     min_lr_scale: float = Field(0.1, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, ge=0)
     reliability_decay: float = Field(0.95, ge=0, lt=1)
     negatives: int = Field(1024, ge=0)
     # measured in the prequential replay (BENCHMARKS.md, learner-prequential-*): the user-side map gains
@@ -38,7 +41,9 @@ class OnlineSettings(BaseModel):
     # too: learner-forgetting), the item rows on ml-latest-small; the streaming popularity cost there
     adapter_updates: bool = True
     item_updates: bool = True
-    item_lr: float = Field(2.0, gt=0)
+    # 2 scored the same in the replays, but beside the user map it let a single user's binge blow up a
+    # small model's rows (tests/learner/test_trainer.py); 1 with the gradient bound stays stable
+    item_lr: float = Field(1.0, gt=0)
     lambda_item: float = Field(1.0, ge=0)
     popularity_half_life_days: float = Field(0.0, ge=0)  # 0: training-time popularity, fixed
 

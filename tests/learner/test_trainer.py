@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from learner.settings import OnlineSettings
-from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineTrainer
+from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineTrainer, _clipped
 from models.adapter import ServingAdapter
 from tests.conftest import SmallTrained
 
@@ -144,3 +145,13 @@ def test_an_overflowing_batch_does_not_break_the_reliability_weights(small_train
     assert torch.isfinite(weights).all()
     assert t.loss_var[IMPLICIT] == 1.0  # the non-finite variance was not folded in
     assert not t.step(batch).skipped
+
+
+def test_gradients_are_bounded_as_a_whole_for_the_adapter_and_row_by_row_for_the_items() -> None:
+    grads = {"A": torch.full((2, 2), 3.0), "B": torch.zeros(2, 2), "item_bias": torch.zeros(3),
+             "item_delta": torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0]])}  # fmt: skip
+    out = _clipped(grads, 1.0)
+    dense = torch.cat([out[k].flatten() for k in ("A", "B", "item_bias")])
+    assert float(dense.norm()) == pytest.approx(1.0)
+    assert out["item_delta"].norm(dim=1).tolist() == pytest.approx([1.0, 0.5, 0.0])  # small rows untouched
+    assert _clipped(grads, 0.0) is grads
