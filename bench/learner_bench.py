@@ -160,18 +160,14 @@ def _scores(learner: Learner, histories: list[np.ndarray], users: list[str] | No
 
 
 # what each arm learns; every arm reads the same growing histories and catalogue
-HALF_LIFE_DAYS = 180.0  # the streaming popularity's, where an arm turns it on
+HALF_LIFE_DAYS = OnlineSettings.model_fields["popularity_half_life_days"].default
 ARMS: dict[str, dict[str, float | bool]] = {
     "frozen": {"adapter_updates": False, "item_updates": False, "popularity_half_life_days": 0},
     "adapter alone (the old learner)": {"adapter_updates": True, "item_updates": False, "popularity_half_life_days": 0},
-    "learner defaults (item rows + adapter)": {},
-    "item rows alone": {"adapter_updates": False},
-    "streaming popularity alone": {
-        "adapter_updates": False,
-        "item_updates": False,
-        "popularity_half_life_days": HALF_LIFE_DAYS,
-    },
-    "defaults + streaming popularity": {"popularity_half_life_days": HALF_LIFE_DAYS},
+    "learner defaults (adapter + item rows + streaming popularity)": {},
+    "defaults without streaming popularity": {"popularity_half_life_days": 0},
+    "item rows alone": {"adapter_updates": False, "popularity_half_life_days": 0},
+    "streaming popularity alone": {"adapter_updates": False, "item_updates": False},
     # the service's cache policy at 5 (a user's vector reused until 5 items were appended): what the
     # learner used before its policy became the service's
     "frozen (user vectors refreshed every 5 items)": {
@@ -360,7 +356,7 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
             f"first seen after the cut enter the catalogue, content-only, when first clicked). Each event is scored "
             "against the user's history up to the event before it (the service appends a click as it accepts it) "
             f"and learnt in batches of {batch}, after its batch was scored; "
-            f"streaming popularity's half-life, where on, {HALF_LIFE_DAYS:g} days. Every arm reads the same "
+            f"streaming popularity's half-life {HALF_LIFE_DAYS:g} days. Every arm reads the same "
             "growing histories and encodes "
             f"users as the service does ({_refresh_policy(USER_REFRESH_EVERY)}, unless the arm says otherwise); the "
             "learner arms run with the production guardrail (one event in 10 held out). "
@@ -389,14 +385,17 @@ def _new_items_table(results: dict[str, np.ndarray]) -> str:
 
 
 # what learns in each forgetting row, and its consolidation weight
+# one part learns, the popularity stays the training count: what each part forgets on its own
+_ALONE: dict[str, float | bool] = {"popularity_half_life_days": 0}
 FORGETTING_ARMS: dict[str, dict[str, float | bool]] = {
     **{
-        f"adapter, EWC lambda {lam:g}": {"adapter_updates": True, "item_updates": False, "lambda_ewc": lam}
+        f"adapter, EWC lambda {lam:g}": {**_ALONE, "adapter_updates": True, "item_updates": False, "lambda_ewc": lam}
         for lam in (0.0, 1.0, 100.0)
     },
     # the training data's Fisher kept (it never decays into the drift's), at the strength that holds
     **{
         f"adapter, training Fisher kept, EWC lambda {lam:g}": {
+            **_ALONE,
             "adapter_updates": True,
             "item_updates": False,
             "fisher_decay": 1.0,
@@ -405,7 +404,7 @@ FORGETTING_ARMS: dict[str, dict[str, float | bool]] = {
         for lam in (1e5, 1e6)
     },
     **{
-        f"item rows, lambda_item {lam:g}": {"adapter_updates": False, "lambda_item": lam}
+        f"item rows, lambda_item {lam:g}": {**_ALONE, "adapter_updates": False, "lambda_item": lam}
         for lam in (0.0, 0.01, 0.1, 1.0)
     },
 }

@@ -38,14 +38,15 @@ class OnlineSettings(BaseModel):
     negatives: int = Field(1024, ge=0)
     # measured in the prequential replay (BENCHMARKS.md, learner-prequential-*): the user-side map gains
     # on both datasets (what it learns is shared by every user, so a drift of the whole stream moves it
-    # too: learner-forgetting), the item rows on ml-latest-small; the streaming popularity cost there
+    # too: learner-forgetting), the item rows on ml-latest-small, the streaming popularity on top of
+    # both on ml-100k
     adapter_updates: bool = True
     item_updates: bool = True
     # 2 scored the same in the replays, but beside the user map it let a single user's binge blow up a
     # small model's rows (tests/learner/test_trainer.py); 1 with the gradient bound stays stable
     item_lr: float = Field(1.0, gt=0)
     lambda_item: float = Field(1.0, ge=0)
-    popularity_half_life_days: float = Field(0.0, ge=0)  # 0: training-time popularity, fixed
+    popularity_half_life_days: float = Field(180.0, ge=0)  # 0: training-time popularity, fixed
 
     def to_config(self) -> OnlineConfig:
         return OnlineConfig(**self.model_dump())
