@@ -287,8 +287,8 @@ def index_build(
     """(Re)build the item index from a checkpoint; readers switch to it only once it is complete."""
     ck = _open_for_serving(model, cache_dir)
     engine = make_engine(location)
+    items_name, context_name = collections(ck.version, ck.meta)
     if items:
-        items_name, context_name = collections(ck.version, ck.meta)
         built = build_item_index(engine, ck.model, ck.data, ck.train.popularity(), items_name)
         typer.echo(f"items: {built.count()} points of dimension {built.dim} published at {location}")
     if context:

@@ -114,6 +114,19 @@ def test_eval_sampled_protocol_and_temporal_split(tmp_path: Path) -> None:
         assert "HR@10" in json.loads((tmp_path / "r" / "results.json").read_text())["results"]["mostpop"]
 
 
+def test_index_build_of_the_context_alone_after_the_items(checkpoint: Path, small_trained: SmallTrained,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    """What `llm4rec serve`'s background build runs: the items first, the RAG context in a later step."""
+    common = ["index", "build", "--model", str(checkpoint), "--location", str(tmp_path / "index"),
+              "--cache-dir", str(small_trained.cache)]  # fmt: skip
+    items = runner.invoke(app, [*common, "--no-context"])
+    assert items.exit_code == 0, items.output
+    context = runner.invoke(app, [*common, "--no-items"])
+    assert context.exit_code == 0, context.output
+    assert "context:" in context.output
+    assert "items:" not in context.output
+
+
 def test_adapter_rollback_republishes_an_old_version_signed_and_newer(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
     import uuid
