@@ -39,12 +39,15 @@ sys.path.insert(0, str(ROOT))
 from common.adapter import Manifest, encode, sign  # noqa: E402
 from common.adapter_store import RedisAdapterStore  # noqa: E402
 from common.events import FeedbackEvent  # noqa: E402
+from common.settings import AdapterSettings  # noqa: E402
 from models.adapter import AdapterView  # noqa: E402
 from retrieval.catalog import index_vectors  # noqa: E402
 from retrieval.user_models import query_vector, user_vectors  # noqa: E402
 from tests.kafka_mock import MockKafka, mock_kafka, read_topic  # noqa: E402
 from tests.net import free_port, wait_http  # noqa: E402
 from training.experiment import OpenedCheckpoint, checkpoint_version, open_checkpoint  # noqa: E402
+
+RANK = AdapterSettings.model_fields["rank"].default  # the service's, which checks the shapes
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -336,7 +339,7 @@ def bad_adapters(model: Path) -> str:
     with stack(model, learner=False) as s:
         ck = open_checkpoint(model, CACHE)
         dim, n = ck.model.config.fusion.dim, int(ck.model.log_pop.shape[0])
-        good = AdapterView.identity(dim, ck.model.log_pop.numpy()).tensors()
+        good = AdapterView.identity(dim, ck.model.log_pop.numpy(), RANK).tensors()
         good["item_bias"][:] = 0.01
         base = checkpoint_version(model)
 
@@ -400,7 +403,7 @@ def mixed_versions(model: Path, k: int = 100, gamma: float = 1.0) -> str:
         scale = float(np.linalg.norm(index_vectors(ck.model)[:, :-1], axis=1).mean())
         versions = {}
         for v in (1, 2, 3):  # every row moves at every version (as the first version after a start does)
-            t = AdapterView.identity(dim, ck.model.log_pop.numpy()).tensors()
+            t = AdapterView.identity(dim, ck.model.log_pop.numpy(), RANK).tensors()
             t["item_delta"] = (rng.normal(size=(n, dim)) * 0.3 * scale / np.sqrt(dim)).astype(np.float32)
             t["log_pop"] = (t["log_pop"] + rng.uniform(0, 1, n)).astype(np.float32)
             versions[v] = t

@@ -27,7 +27,7 @@ from common.adapter import Manifest, Shapes
 class ServingAdapter(nn.Module):
     log_pop: torch.Tensor
 
-    def __init__(self, dim: int, num_items: int, rank: int = 8, log_pop: torch.Tensor | None = None) -> None:
+    def __init__(self, dim: int, num_items: int, rank: int, log_pop: torch.Tensor | None = None) -> None:
         super().__init__()
         self.A = nn.Parameter(torch.randn(rank, dim) / dim**0.5)
         self.B = nn.Parameter(torch.zeros(dim, rank))
@@ -58,12 +58,12 @@ class ServingAdapter(nn.Module):
         self.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
 
     @staticmethod
-    def shapes(dim: int, num_items: int, rank: int = 8) -> Shapes:
+    def shapes(dim: int, num_items: int, rank: int) -> Shapes:
         return {"A": (rank, dim), "B": (dim, rank), "item_bias": (num_items,), "item_delta": (num_items, dim),
                 "log_pop": (num_items,)}  # fmt: skip
 
     @staticmethod
-    def shapes_for(dim: int, trained_items: int, rank: int = 8) -> Callable[[Manifest], Shapes]:
+    def shapes_for(dim: int, trained_items: int, rank: int) -> Callable[[Manifest], Shapes]:
         """The shapes a published version must have: a row per trained item and per item it names."""
         return lambda m: ServingAdapter.shapes(dim, trained_items + len(m.items), rank)
 
@@ -111,6 +111,6 @@ class AdapterView:
         return out
 
     @staticmethod
-    def identity(dim: int, log_pop: np.ndarray, rank: int = 8) -> AdapterView:
+    def identity(dim: int, log_pop: np.ndarray, rank: int) -> AdapterView:
         zeros = {k: np.zeros(s, np.float32) for k, s in ServingAdapter.shapes(dim, len(log_pop), rank).items()}
         return AdapterView(0, zeros | {"log_pop": np.asarray(log_pop, np.float32)})

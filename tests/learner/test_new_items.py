@@ -89,7 +89,7 @@ async def test_a_new_item_is_learnt_from_its_clicks_and_kept_over_a_restart(
     fields = await store.fetch(1)
     assert fields is not None
     dim = learner.trainer.items.shape[1]
-    manifest, tensors = decode(fields, b"k", ServingAdapter.shapes_for(dim, n, 8), 0)
+    manifest, tensors = decode(fields, b"k", ServingAdapter.shapes_for(dim, n, AdapterSettings().rank), 0)
     assert manifest.items == ["new-space", "new-love"]
     space, love = n, n + 1
     assert np.linalg.norm(tensors["item_delta"][space]) > 0
