@@ -465,7 +465,8 @@ async def _freshness(model: Path, trials: int) -> str:
         index = IndexSettings(location=str(ROOT / ".cache/index"))
         settings = Settings(model_dir=model, cache_dir=CACHE, redis_url="redis://127.0.0.1:6379/0",
                             history_prefix=prefix + "history:", index=index, kafka=kafka_settings, adapter=adapter,
-                            feedback=FeedbackSettings(spool_dir=ROOT / ".cache" / f"spool-{prefix[6:-1]}"))  # fmt: skip
+                            feedback=FeedbackSettings(spool_dir=ROOT / ".cache" / f"spool-{prefix[6:-1]}",
+                                                      dedupe_prefix=prefix + "event:"))  # fmt: skip
         ls = LearnerSettings(model_dir=model, cache_dir=CACHE, kafka=kafka_settings, adapter=adapter,
                              redis_url="redis://127.0.0.1:6379/0", learner_metrics_port=0)  # fmt: skip
         redis = Redis.from_url(ls.require_redis_url("the bench's adapters"))
