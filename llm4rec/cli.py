@@ -366,11 +366,11 @@ async def _serve(app: FastAPI, host: str, port: int) -> None:
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started and not task.done():
-        if server.should_exit:  # a signal during a long startup build: uvicorn would finish the build first
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return
+        if server.should_exit:  # a signal during a long startup build: uvicorn would finish the build first.
+            # Nothing was served or accepted yet, and an index being built is published only once complete.
+            typer.echo("stopped while starting")
+            sys.stdout.flush()
+            os._exit(0)
         await asyncio.sleep(0.1)
     if server.started:
         _announce(app_state(app).recommender.c.catalogue.data.user_ids[0], host, port)
