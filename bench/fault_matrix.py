@@ -47,7 +47,7 @@ from tests.kafka_mock import MockKafka, mock_kafka, read_topic  # noqa: E402
 from tests.net import free_port, wait_http  # noqa: E402
 from training.experiment import OpenedCheckpoint, checkpoint_version, open_checkpoint  # noqa: E402
 
-RANK = AdapterSettings.model_fields["rank"].default  # the service's, which checks the shapes
+RANK = AdapterSettings().rank  # the service's, which checks the shapes
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -159,8 +159,8 @@ def _scores(learner: Learner, histories: list[np.ndarray], users: list[str] | No
         return t.adapter.scores(t.base_users(histories, users or ()), t.items, t.gamma)
 
 
+HALF_LIFE_DAYS = OnlineSettings().popularity_half_life_days  # the streaming popularity's, in every arm that has it
 # what each arm learns; every arm reads the same growing histories and catalogue
-HALF_LIFE_DAYS = OnlineSettings.model_fields["popularity_half_life_days"].default
 ARMS: dict[str, dict[str, float | bool]] = {
     "frozen": {"adapter_updates": False, "item_updates": False, "popularity_half_life_days": 0},
     "adapter alone (the old learner)": {"adapter_updates": True, "item_updates": False, "popularity_half_life_days": 0},

@@ -117,7 +117,7 @@ def _clipped(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch
     if max_norm <= 0:
         return grads
     out = dict(grads)
-    dense = [k for k in grads if k not in ITEM_ROWS or k == "item_bias"]
+    dense = [k for k in grads if k != "item_delta"]
     norm = torch.sqrt(sum(((grads[k] ** 2).sum() for k in dense), torch.zeros(())))
     for k in dense:
         out[k] = grads[k] * min(1.0, max_norm / max(float(norm), 1e-12))
