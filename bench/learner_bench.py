@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import sys
 import tempfile
 import time
@@ -177,6 +179,14 @@ ARMS: dict[str, dict[str, float | bool]] = {
         "user_refresh_every": 5,
     },
     "learner defaults (user vectors refreshed every 5 items)": {"user_refresh_every": 5},
+    **{f"defaults + fine-tune {sc} lr {lr:g}": {"fine_tune": sc, "fine_tune_lr": lr}
+       for sc in ("encoder", "all") for lr in (1e-4, 3e-4, 1e-3)},
+    **{f"frozen + fine-tune {sc} lr {lr:g}": {**{"adapter_updates": False, "item_updates": False, "popularity_half_life_days": 0}, "fine_tune": sc, "fine_tune_lr": lr}
+       for sc in ("encoder", "all") for lr in (3e-4, 1e-3)},
+    **{f"sweep {k}={v}": {k: v} for k, v in (("lambda_item", 0.1), ("lambda_item", 0.01), ("lambda_item", 0.0),
+        ("lr", 0.1), ("lr", 0.02), ("negatives", 0), ("momentum", 0.0), ("importance_threshold", 0.0))},
+    **{f"defaults + fine-tune {sc} lr {lr:g} replay {r}": {"fine_tune": sc, "fine_tune_lr": lr, "fine_tune_replay": r}
+       for sc in ("encoder", "all") for lr in (1e-4, 3e-4, 1e-3) for r in (16, 64)},
 }
 FROZEN = ARMS["frozen"]
 RETRAIN = "periodic full retrain (every 10%)"
@@ -263,7 +273,11 @@ def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], 
                folder: Path) -> tuple[np.ndarray, float]:  # fmt: skip
     pop_arm = _PopularityArm(ck, FLOORS[arm]) if arm in FLOORS else None
     retrainer = _Retrainer(ck, model, len(stream), folder) if arm == RETRAIN else None
-    learner = _learner(model, GuardSettings(), **(FROZEN if retrainer else {} if pop_arm else ARMS[arm]))
+    online = dict(FROZEN if retrainer else {} if pop_arm else ARMS[arm])
+    tune = ((online.pop("fine_tune"), online.pop("fine_tune_lr"), online.pop("fine_tune_steps", 1),
+             online.pop("fine_tune_replay", 0)) if "fine_tune" in online else None)
+    learner = _learner(model, GuardSettings(), **online)
+    tuner = _FineTuner(learner, *tune) if tune else None
     learner.histories = {ck.data.user_ids[u]: [int(x) for x in h] for u, h in ck.train.sequences().items()}
     cpu_s = 0.0
     met = {u: set(h) for u, h in learner.histories.items()}  # exclusions: every item met, uncapped
@@ -298,8 +312,62 @@ def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], 
         else:
             start = time.process_time()
             asyncio.run(learner.process(events))
+            if tuner:
+                tuner.learn(learner, users)
             cpu_s += time.process_time() - start
     return np.array(out), cpu_s + (retrainer.cpu_s if retrainer else 0.0)
+
+
+class _FineTuner:
+    """PROTOTYPE: after each batch, one Adam step of the model's next-item loss on the newest window of
+    each user the batch touched (`scope` "encoder": transformer and positions; "all": the item fusion too)."""
+
+    def __init__(self, learner: Learner, scope: str, lr: float, steps: int = 1, replay: int = 0) -> None:
+        self.replay, self.rng = replay, np.random.default_rng(0)
+        m = learner.trainer.model
+        params = ([*m.encoder.parameters(), *m.pos_emb.parameters()] if scope == "encoder" else
+                  [p for n, p in m.named_parameters() if not n.startswith("adversary") and n != "gamma"])
+        self.scope, self.steps, self.cpu_s = scope, steps, 0.0
+        self.opt = torch.optim.Adam(params, lr=lr)
+
+    def learn(self, learner: Learner, users: list[str]) -> None:
+        from models.scoring import PAD
+        t, m = learner.trainer, learner.trainer.model
+        L = m.config.max_len
+        touched = list(dict.fromkeys(users))
+        if self.replay:
+            everyone = list(learner.histories)
+            touched += [everyone[j] for j in self.rng.integers(len(everyone), size=self.replay)]
+        wins = []
+        for u in touched:
+            h = learner.histories.get(u, [])
+            if len(h) > 1:
+                end = len(h) if u in users else int(self.rng.integers(2, len(h) + 1))
+                wins.append(np.asarray(h[max(0, end - L - 1):end], np.int64))
+        if not wins:
+            return
+        length = max(map(len, wins)) - 1
+        inp = torch.full((len(wins), length), PAD, dtype=torch.int64)
+        tgt = torch.full((len(wins), length), PAD, dtype=torch.int64)
+        for r, w in enumerate(wins):
+            inp[r, length - len(w) + 1:] = torch.from_numpy(w[:-1])
+            tgt[r, length - len(w) + 1:] = torch.from_numpy(w[1:])
+        mask = tgt != PAD
+        for _ in range(self.steps):
+            m.train()
+            items = m.fusion(m.items)[0] if self.scope == "all" else t.items
+            h = m.encode(inp, items)[mask]
+            logits = h @ items.T + t.gamma * t.adapter.log_pop.detach()
+            loss = torch.nn.functional.cross_entropy(logits, tgt[mask])
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        m.eval()
+        m._cache = None
+        if self.scope == "all":
+            with torch.no_grad():
+                t.items = m.item_vectors()[0].detach().clone()
+        t.users._cache.clear()
 
 
 def _before_each(chunk: list[tuple[int, int, int]], users: list[str], histories: dict[str, list[int]],
@@ -323,6 +391,21 @@ def _before_each(chunk: list[tuple[int, int, int]], users: list[str], histories:
 CLICK_BUCKETS = ((0, 1), (1, 5), (5, 20), (20, 50), (50, None))  # clicks before the scored event
 
 
+def _arm_key(name: str) -> str:
+    """Where an arm's results are stored: a digest of what it runs (its settings with the defaults
+    filled in), so that renaming or reordering arms never relabels a stored result, and a changed
+    default is a new arm."""
+    if name in FLOORS:
+        what: dict[str, Any] = {"popularity floor, half-life days": FLOORS[name]}
+    elif name == RETRAIN:
+        what = {"retrain": 10}
+    else:
+        online = {k: v for k, v in ARMS[name].items() if k in OnlineSettings.model_fields}
+        what = OnlineSettings(**online).model_dump() | {k: v for k, v in ARMS[name].items() if k not in online}
+        what.setdefault("user_refresh_every", USER_REFRESH_EVERY)
+    return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: list[str] | None = None) -> str:
     """Runs `arms` (default: all) and writes each arm's per-event results under `RESULTS`, keyed by
     the checkpoint's version and the stream; the table shows every arm stored for this version, so arms can be run
@@ -335,8 +418,8 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
     store.mkdir(parents=True, exist_ok=True)
     for name in tqdm(arms or order, desc="prequential arms"):
         r, cpu_s = _replay(ck, model, stream, name, batch)
-        np.savez(store / f"{order.index(name)}.npz", events=r, cpu_s=cpu_s)
-    saved = {n: np.load(store / f"{j}.npz") for j, n in enumerate(order) if (store / f"{j}.npz").exists()}
+        np.savez(store / f"{_arm_key(name)}.npz", events=r, cpu_s=cpu_s)
+    saved = {n: np.load(store / f"{_arm_key(n)}.npz") for n in order if (store / f"{_arm_key(n)}.npz").exists()}
     results = {n: f["events"] for n, f in saved.items()}
     cpu = {n: float(f["cpu_s"]) for n, f in saved.items()}
     base = results.get("frozen")

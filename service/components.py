@@ -66,10 +66,11 @@ class LLM4RecRef:
 
 
 def build_components(settings: Settings, text: TextEncoder, context: bool = True,
-                     engine: IndexEngine | None = None) -> Components:  # fmt: skip
-    """The trained model's bundle (`context`: with RAG, when enabled; `engine`: the serving bundle's own,
-    to share: an embedded index folder opens once per process); raises NotReadyError without a
-    checkpoint (or index, when the settings forbid building it here)."""
+                     engine: IndexEngine | None = None, build_context: bool = True) -> Components:  # fmt: skip
+    """The trained model's bundle (`context`: with RAG, when enabled; `build_context` False: only when its
+    collection exists already; `engine`: the serving bundle's own, to share: an embedded index folder
+    opens once per process); raises NotReadyError without a checkpoint (or index, when the settings
+    forbid building it here)."""
     if not (settings.model_dir / "model.safetensors").is_file():
         raise NotReadyError(f"no checkpoint at {settings.model_dir}; run `llm4rec train --out {settings.model_dir}`")
     ck = load_serving_checkpoint(settings.model_dir, settings.cache_dir)
@@ -90,7 +91,9 @@ def build_components(settings: Settings, text: TextEncoder, context: bool = True
         engine=engine,
         context_name=context_name,
     )
-    return with_context(c, settings, text) if context and settings.rag.enabled else c
+    if not context or not settings.rag.enabled or not (build_context or engine.open(context_name) is not None):
+        return c
+    return with_context(c, settings, text)
 
 
 def collections(version: str, meta: Mapping[str, Any]) -> tuple[str, str]:

@@ -123,9 +123,20 @@ class ServiceState:
 
     async def add_context(self) -> None:
         """RAG context for the served trained model: the same bundle (model, catalogue, index engine)
-        with the context collection added, nothing loaded again."""
+        with the context collection added (embedded here if missing), nothing loaded again."""
         if self.settings.rag.enabled and not self.recommender.c.model.cold_start:
             await self._swap_in(functools.partial(with_context, self.recommender.c, self.settings, self.text))
+
+    async def build_missing_context(self) -> None:
+        """A restart whose RAG collection is gone (a new dataset fingerprint, a wiped index) serves at once
+        without context while the collection is embedded (minutes) in a worker thread."""
+        self.serving.building = "embedding RAG context"
+        try:
+            await self.add_context()
+        except Exception:  # the context-free model keeps serving
+            log.exception("context_build_failed")
+        finally:
+            self.serving.building = ""
 
     async def embed_cold_start(self) -> None:
         """Popularity alone -> content vectors, while no trained model is served yet."""
@@ -203,6 +214,8 @@ async def build_state(settings: Settings, metrics: Metrics, adapter_store: Adapt
         state.tasks.append(asyncio.create_task(_follow_items(state, cursor, settings.adapter.poll_s)))
     if c.model.cold_start:
         state.tasks.append(asyncio.create_task(state.embed_cold_start()))
+    elif settings.rag.enabled and c.context is None:
+        state.tasks.append(asyncio.create_task(state.build_missing_context()))
     log.info("service_started", model_version=c.model_version, cold_start=c.model.cold_start,
              items=len(c.catalogue.payloads), users_seeded=seeded, sink=sink.name, spool_pending=spool.pending,
              explainer=recommender.explainer.name)  # fmt: skip
@@ -234,7 +247,7 @@ def _first_bundle(settings: Settings, text: TextEncoder, added: Sequence[NewItem
     """The trained model when there is one; else, where allowed, popularity alone (seconds); then the
     items added since training, in the order they were added (so the same internal ids)."""
     try:
-        c = build_components(settings, text)
+        c = build_components(settings, text, build_context=False)  # a missing context: built once serving
     except NotReadyError:
         if not settings.cold_start.enabled or (settings.model_dir / "model.safetensors").is_file():
             raise

@@ -29,6 +29,7 @@ from recdata import load_dataset
 from recdata.tables import DatasetSpec, Tables
 from service.app import create_app
 from service.settings import FeedbackSettings, IndexSettings, Settings
+from service.state import app_state
 from training.llm4rec_train import Switches, build_model, save_checkpoint
 
 
@@ -168,13 +169,18 @@ def settings(checkpoint: Path, small_trained: SmallTrained, tmp_path: Path, pref
 
 @asynccontextmanager
 async def serve(
-    settings: Settings, adapter_store: AdapterStore | None = None
+    settings: Settings, adapter_store: AdapterStore | None = None, context: bool = True
 ) -> AsyncIterator[tuple[AsyncClient, FastAPI]]:
+    """The app with its lifespan; `context`: once a trained model's RAG context, embedded in the
+    background after startup, is in (as a client would wait for /readyz to say so)."""
     app = create_app(settings, adapter_store=adapter_store)
     async with (
         LifespanManager(app, startup_timeout=120, shutdown_timeout=30) as manager,
         AsyncClient(transport=ASGITransport(manager.app), base_url="http://test") as c,
     ):
+        if context and settings.rag.enabled:
+            serving = app_state(app).serving
+            await until(lambda: serving.current.c.model.cold_start or serving.current.c.context is not None)
         yield c, app
 
 

@@ -3,15 +3,19 @@ Qdrant Edge index built at startup, RAG context, and history in the real Redis."
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 import numpy as np
 import pytest
 from httpx import AsyncClient
 from redis.asyncio import Redis
 
 from retrieval.history import RedisHistoryStore
+from service import components
 from service.settings import Settings
 from service.state import app_state
-from tests.conftest import REDIS_URL, SmallTrained, serve, with_
+from tests.conftest import REDIS_URL, SmallTrained, serve, until, with_
 
 pytestmark = pytest.mark.anyio
 
@@ -134,6 +138,35 @@ async def test_items_health_and_readiness(client: AsyncClient) -> None:
         "context": "ready",
         "adapter": "version 0",
     }
+
+
+async def test_a_missing_rag_context_is_embedded_after_startup_not_before(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart whose context collection is gone serves at once and embeds the context meanwhile (on
+    ml-latest-small that is minutes); the next start opens the collection it left."""
+    release = threading.Event()
+    build = components.build_context_index
+
+    def slow_build(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(components, "build_context_index", slow_build)
+    async with serve(settings, context=False) as (client, app):
+        ready = (await client.get("/readyz")).json()
+        assert (ready["dependencies"]["context"], ready["building"]) == ("off", "embedding RAG context")
+        r = await client.post("/recommend", json={"user_id": "u1", "k": 5})
+        assert r.status_code == 200
+        assert {it["explanation"]["type"] for it in r.json()["items"]} <= {"preference", "similarity"}
+        release.set()
+        await until(lambda: app_state(app).recommender.c.context is not None)
+        ready = (await client.get("/readyz")).json()
+        assert (ready["dependencies"]["context"], ready["building"]) == ("ready", None)
+    monkeypatch.setattr(components, "build_context_index", None)  # a second build would fail the start
+    async with serve(settings, context=False) as (client, app):
+        assert app_state(app).recommender.c.context is not None
+        assert (await client.get("/readyz")).json()["dependencies"]["context"] == "ready"
 
 
 async def test_a_later_positive_event_on_a_served_item_counts_its_list_as_hit(settings: Settings) -> None:
