@@ -59,8 +59,10 @@ from learner.popularity import DecayedPopularity  # noqa: E402
 from learner.settings import GuardSettings, LearnerSettings, OnlineSettings  # noqa: E402
 from models.data import Interactions  # noqa: E402
 from models.llm4rec import LLM4RecConfig  # noqa: E402
-from models.scoring import TrainData  # noqa: E402
+from models.scoring import PAD, TrainData  # noqa: E402
+from models.sequences import window_batches  # noqa: E402
 from models.splits import temporal  # noqa: E402
+from retrieval.user_models import UserVectors  # noqa: E402
 from service.state import app_state  # noqa: E402
 from training.checkpoint import Switches, build_model, checkpoint_version, read_checkpoint_meta, save_checkpoint  # noqa: E402
 from training.experiment import OpenedCheckpoint as Checkpoint  # noqa: E402
@@ -163,7 +165,8 @@ def _scores(learner: Learner, histories: list[np.ndarray], users: list[str] | No
 
 HALF_LIFE_DAYS = OnlineSettings().popularity_half_life_days  # the streaming popularity's, in every arm that has it
 # what each arm learns; every arm reads the same growing histories and catalogue
-ARMS: dict[str, dict[str, float | bool]] = {
+Arm = dict[str, Any]  # OnlineSettings fields, `user_refresh_every`, and `_EncoderTuning`'s fine_tune*
+ARMS: dict[str, Arm] = {
     "frozen": {"adapter_updates": False, "item_updates": False, "popularity_half_life_days": 0},
     "adapter alone (the old learner)": {"adapter_updates": True, "item_updates": False, "popularity_half_life_days": 0},
     "learner defaults (adapter + item rows + streaming popularity)": {},
@@ -179,16 +182,28 @@ ARMS: dict[str, dict[str, float | bool]] = {
         "user_refresh_every": 5,
     },
     "learner defaults (user vectors refreshed every 5 items)": {"user_refresh_every": 5},
-    **{f"defaults + fine-tune {sc} lr {lr:g}": {"fine_tune": sc, "fine_tune_lr": lr}
-       for sc in ("encoder", "all") for lr in (1e-4, 3e-4, 1e-3)},
-    **{f"frozen + fine-tune {sc} lr {lr:g}": {**{"adapter_updates": False, "item_updates": False, "popularity_half_life_days": 0}, "fine_tune": sc, "fine_tune_lr": lr}
-       for sc in ("encoder", "all") for lr in (3e-4, 1e-3)},
-    **{f"sweep {k}={v}": {k: v} for k, v in (("lambda_item", 0.1), ("lambda_item", 0.01), ("lambda_item", 0.0),
-        ("lr", 0.1), ("lr", 0.02), ("negatives", 0), ("momentum", 0.0), ("importance_threshold", 0.0))},
-    **{f"defaults + fine-tune {sc} lr {lr:g} replay {r}": {"fine_tune": sc, "fine_tune_lr": lr, "fine_tune_replay": r}
-       for sc in ("encoder", "all") for lr in (1e-4, 3e-4, 1e-3) for r in (16, 64)},
+    # the user encoder fine-tuned online beside the defaults (`_EncoderTuning`): measured, not adopted
+    "defaults + user encoder fine-tuned (Adam 3e-4)": {"fine_tune": "encoder", "fine_tune_lr": 3e-4},
+    "defaults + user encoder fine-tuned (Adam 1e-4, 16 replayed windows)": {
+        "fine_tune": "encoder",
+        "fine_tune_lr": 1e-4,
+        "fine_tune_replay": 16,
+    },
 }
 FROZEN = ARMS["frozen"]
+SCOPES = {"encoder": "user encoder", "all": "item fusion and user encoder"}  # what `_EncoderTuning` moves
+# one setting moved from the defaults, and more ways to fine-tune: run only when named by --arms
+MOVED = (("lambda_item", 0.1), ("lambda_item", 0.01), ("lambda_item", 0.0), ("lr", 0.1), ("lr", 0.02), ("negatives", 0))
+TUNING: dict[str, Arm] = {f"defaults with {k} {v:g}": {k: v} for k, v in MOVED} | {
+    f"defaults + {what} fine-tuned (Adam {lr:g}{f', {r} replayed windows' if r else ''})": {
+        "fine_tune": scope,
+        "fine_tune_lr": lr,
+        **({"fine_tune_replay": r} if r else {}),
+    }
+    for scope, what in SCOPES.items()
+    for lr in (1e-4, 3e-4, 1e-3)
+    for r in (0, 16)
+}
 RETRAIN = "periodic full retrain (every 10%)"
 FLOORS = {"popularity fixed at the cut": None, "popularity streaming": HALF_LIFE_DAYS}
 
@@ -273,11 +288,10 @@ def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], 
                folder: Path) -> tuple[np.ndarray, float]:  # fmt: skip
     pop_arm = _PopularityArm(ck, FLOORS[arm]) if arm in FLOORS else None
     retrainer = _Retrainer(ck, model, len(stream), folder) if arm == RETRAIN else None
-    online = dict(FROZEN if retrainer else {} if pop_arm else ARMS[arm])
-    tune = ((online.pop("fine_tune"), online.pop("fine_tune_lr"), online.pop("fine_tune_steps", 1),
-             online.pop("fine_tune_replay", 0)) if "fine_tune" in online else None)
-    learner = _learner(model, GuardSettings(), **online)
-    tuner = _FineTuner(learner, *tune) if tune else None
+    online = dict(FROZEN if retrainer else {} if pop_arm else ARMS.get(arm) or TUNING[arm])
+    tune = [online.pop(k) for k in ("fine_tune", "fine_tune_lr", "fine_tune_replay") if k in online]
+    learner = _learner(model, GuardSettings(), **online)  # type: ignore[arg-type]
+    tuner = _EncoderTuning(learner, *tune) if tune else None  # type: ignore[arg-type]
     learner.histories = {ck.data.user_ids[u]: [int(x) for x in h] for u, h in ck.train.sequences().items()}
     cpu_s = 0.0
     met = {u: set(h) for u, h in learner.histories.items()}  # exclusions: every item met, uncapped
@@ -318,56 +332,46 @@ def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], 
     return np.array(out), cpu_s + (retrainer.cpu_s if retrainer else 0.0)
 
 
-class _FineTuner:
-    """PROTOTYPE: after each batch, one Adam step of the model's next-item loss on the newest window of
-    each user the batch touched (`scope` "encoder": transformer and positions; "all": the item fusion too)."""
+class _EncoderTuning:
+    """What online fine-tuning of the model itself adds to the learner (an arm, not a learner feature):
+    after each batch, one Adam step of the next-item loss (full softmax over the served item vectors) on
+    the newest window of each user the batch touched, plus `replay` windows ending at random points of
+    random users' histories. `scope` "encoder" moves the transformer and positions; "all" every item
+    vector too (the whole catalogue's rows would be republished)."""
 
-    def __init__(self, learner: Learner, scope: str, lr: float, steps: int = 1, replay: int = 0) -> None:
-        self.replay, self.rng = replay, np.random.default_rng(0)
+    def __init__(self, learner: Learner, scope: str, lr: float, replay: int = 0) -> None:
         m = learner.trainer.model
-        params = ([*m.encoder.parameters(), *m.pos_emb.parameters()] if scope == "encoder" else
-                  [p for n, p in m.named_parameters() if not n.startswith("adversary") and n != "gamma"])
-        self.scope, self.steps, self.cpu_s = scope, steps, 0.0
-        self.opt = torch.optim.Adam(params, lr=lr)
+        self.whole = scope == "all"
+        params = ([p for n, p in m.named_parameters() if not n.startswith("adversary") and n != "gamma"]
+                  if self.whole else [*m.encoder.parameters(), *m.pos_emb.parameters()])  # fmt: skip
+        self.optimizer, self.replay, self.rng = torch.optim.Adam(params, lr=lr), replay, np.random.default_rng(0)
 
     def learn(self, learner: Learner, users: list[str]) -> None:
-        from models.scoring import PAD
         t, m = learner.trainer, learner.trainer.model
-        L = m.config.max_len
-        touched = list(dict.fromkeys(users))
-        if self.replay:
-            everyone = list(learner.histories)
-            touched += [everyone[j] for j in self.rng.integers(len(everyone), size=self.replay)]
-        wins = []
-        for u in touched:
-            h = learner.histories.get(u, [])
-            if len(h) > 1:
-                end = len(h) if u in users else int(self.rng.integers(2, len(h) + 1))
-                wins.append(np.asarray(h[max(0, end - L - 1):end], np.int64))
-        if not wins:
+        hs = learner.histories
+        ends = {u: len(hs.get(u, [])) for u in users}
+        everyone = list(hs)
+        for j in self.rng.integers(len(everyone), size=self.replay):
+            n = len(hs[everyone[j]])
+            ends.setdefault(everyone[j], int(self.rng.integers(2, n + 1)) if n > 1 else 0)
+        windows = [np.asarray(hs[u][max(0, e - m.config.max_len - 1) : e], np.int64) for u, e in ends.items() if e > 1]
+        if not windows:
             return
-        length = max(map(len, wins)) - 1
-        inp = torch.full((len(wins), length), PAD, dtype=torch.int64)
-        tgt = torch.full((len(wins), length), PAD, dtype=torch.int64)
-        for r, w in enumerate(wins):
-            inp[r, length - len(w) + 1:] = torch.from_numpy(w[:-1])
-            tgt[r, length - len(w) + 1:] = torch.from_numpy(w[1:])
+        _, inp, tgt = next(window_batches([(0, w) for w in windows], len(windows), self.rng))
         mask = tgt != PAD
-        for _ in range(self.steps):
-            m.train()
-            items = m.fusion(m.items)[0] if self.scope == "all" else t.items
-            h = m.encode(inp, items)[mask]
-            logits = h @ items.T + t.gamma * t.adapter.log_pop.detach()
-            loss = torch.nn.functional.cross_entropy(logits, tgt[mask])
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
+        m.train()
+        items = m.fusion(m.items)[0] if self.whole else t.items
+        logits = m.encode(inp, items)[mask] @ items.T + t.gamma * t.adapter.log_pop.detach()
+        loss = torch.nn.functional.cross_entropy(logits, tgt[mask])
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
         m.eval()
-        m._cache = None
-        if self.scope == "all":
+        if self.whole:
+            m.set_items(m.items)  # drops the cached item vectors
             with torch.no_grad():
                 t.items = m.item_vectors()[0].detach().clone()
-        t.users._cache.clear()
+        t.users = UserVectors(t.users.model, t.users.refresh_every)  # every user's vector changed
 
 
 def _before_each(chunk: list[tuple[int, int, int]], users: list[str], histories: dict[str, list[int]],
@@ -400,8 +404,9 @@ def _arm_key(name: str) -> str:
     elif name == RETRAIN:
         what = {"retrain": 10}
     else:
-        online = {k: v for k, v in ARMS[name].items() if k in OnlineSettings.model_fields}
-        what = OnlineSettings(**online).model_dump() | {k: v for k, v in ARMS[name].items() if k not in online}
+        arm = ARMS.get(name) or TUNING[name]
+        online = {k: v for k, v in arm.items() if k in OnlineSettings.model_fields}
+        what = OnlineSettings(**online).model_dump() | {k: v for k, v in arm.items() if k not in online}
         what.setdefault("user_refresh_every", USER_REFRESH_EVERY)
     return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -413,7 +418,7 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
     ck = open_checkpoint(model, CACHE)
     stream = _stream(ck)[:limit] if limit else _stream(ck)
     new = len({i for _, i, _ in stream} - set(np.flatnonzero(ck.train.popularity() > 0).tolist()))
-    order = [*FLOORS, *ARMS, RETRAIN]
+    order = [*FLOORS, *ARMS, *TUNING, RETRAIN]
     store = RESULTS / f"{checkpoint_version(model)}-{len(stream)}-{batch}-per-event"
     store.mkdir(parents=True, exist_ok=True)
     for name in tqdm(arms or order, desc="prequential arms"):
@@ -467,7 +472,7 @@ def _new_items_table(results: dict[str, np.ndarray]) -> str:
 
 
 # what learns in each forgetting row, and its consolidation weight
-FORGETTING_ARMS: dict[str, dict[str, float | bool]] = {
+FORGETTING_ARMS: dict[str, Arm] = {
     **{
         f"adapter, EWC lambda {lam:g}": {"adapter_updates": True, "item_updates": False, "lambda_ewc": lam}
         for lam in (0.0, 1.0, 100.0)

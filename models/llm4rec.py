@@ -37,6 +37,7 @@ class LLM4RecConfig:
     # discarded most transitions and cost LLM4Rec 40% of its NDCG@10 (BENCHMARKS.md, SASRec-CE settings)
     newest_only: bool = False
     layout: str = "sasrec"  # transformer block: "sasrec" or "pre-norm" (models.transformer)
+    length_buckets: bool = False  # batches of windows of similar length (models.sequences.window_batches)
     ipw: bool = True
     eta_item: float = 0.25  # propensity exponents; 0 switches a factor off
     eta_user: float = 0.0
@@ -143,7 +144,7 @@ class LLM4Rec(nn.Module):
         self._cache = None
         losses = []
         windows = training_windows(data.sequences(), self.config.max_len, self.config.newest_only)
-        for users, inp, tgt in window_batches(windows, self.config.batch_size, rng):
+        for users, inp, tgt in window_batches(windows, self.config.batch_size, rng, self.config.length_buckets):
             loss = self.batch_loss(users, inp, tgt)
             self.optimizer.zero_grad()
             loss.backward()

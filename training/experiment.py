@@ -80,7 +80,8 @@ def llm4rec_metrics(trained: TrainedLLM4Rec, split: Split, config: RunConfig) ->
     """Test metrics of a trained LLM4Rec plus what training cost and learned."""
     info = {"epochs": float(trained.fit.epochs), "best_epoch": float(trained.fit.best_epoch),
             "train_seconds": trained.seconds, "gamma": float(trained.model.gamma.detach()),
-            "serve_gamma": float(trained.model.serve_gamma or 0.0)}  # fmt: skip
+            "serve_gamma": float(trained.model.serve_gamma or 0.0),
+            "valid_NDCG@10": trained.fit.best_valid_ndcg}  # fmt: skip
     return test_metrics(Trained(trained.model, trained.ctx, info), split, config)
 
 
