@@ -184,7 +184,7 @@ ARMS: dict[str, Arm] = {
     "learner defaults (user vectors refreshed every 5 items)": {"user_refresh_every": 5},
     # the user encoder fine-tuned online beside the defaults (`_EncoderTuning`): measured, not adopted
     "defaults + user encoder fine-tuned (Adam 3e-4)": {"fine_tune": "encoder", "fine_tune_lr": 3e-4},
-    "defaults + user encoder fine-tuned (Adam 1e-4, 16 replayed windows)": {
+    "defaults + user encoder fine-tuned (Adam 1e-4 with 16 replayed windows)": {
         "fine_tune": "encoder",
         "fine_tune_lr": 1e-4,
         "fine_tune_replay": 16,
@@ -195,7 +195,7 @@ SCOPES = {"encoder": "user encoder", "all": "item fusion and user encoder"}  # w
 # one setting moved from the defaults, and more ways to fine-tune: run only when named by --arms
 MOVED = (("lambda_item", 0.1), ("lambda_item", 0.01), ("lambda_item", 0.0), ("lr", 0.1), ("lr", 0.02), ("negatives", 0))
 TUNING: dict[str, Arm] = {f"defaults with {k} {v:g}": {k: v} for k, v in MOVED} | {
-    f"defaults + {what} fine-tuned (Adam {lr:g}{f', {r} replayed windows' if r else ''})": {
+    f"defaults + {what} fine-tuned (Adam {lr:g}{f' with {r} replayed windows' if r else ''})": {
         "fine_tune": scope,
         "fine_tune_lr": lr,
         **({"fine_tune_replay": r} if r else {}),
@@ -203,6 +203,7 @@ TUNING: dict[str, Arm] = {f"defaults with {k} {v:g}": {k: v} for k, v in MOVED} 
     for scope, what in SCOPES.items()
     for lr in (1e-4, 3e-4, 1e-3)
     for r in (0, 16)
+    if {"fine_tune": scope, "fine_tune_lr": lr, **({"fine_tune_replay": r} if r else {})} not in ARMS.values()
 }
 RETRAIN = "periodic full retrain (every 10%)"
 FLOORS = {"popularity fixed at the cut": None, "popularity streaming": HALF_LIFE_DAYS}
