@@ -48,7 +48,11 @@ def load_cells(name: str) -> Cells:
 
 
 def keep_cell(name: str, cells: Cells, row: str, seed: int, metrics: dict[str, float]) -> None:
-    """Adds one cell and writes the store at once, so an interrupted run keeps its work."""
+    """Adds one cell and writes the store at once, so an interrupted run keeps its work; cells another
+    process stored meanwhile are kept (runs of other seeds or variants can go in parallel)."""
+    for r, seeds in load_cells(name).items():
+        for s, m in seeds.items():
+            cells.setdefault(r, {}).setdefault(s, m)
     cells.setdefault(row, {})[str(seed)] = metrics
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(cells, indent=1))
