@@ -91,8 +91,10 @@ def build_components(settings: Settings, text: TextEncoder, context: bool = True
         engine=engine,
         context_name=context_name,
     )
-    if not context or not settings.rag.enabled or not (build_context or engine.open(context_name) is not None):
+    if not (context and settings.rag.enabled):
         return c
+    if not build_context and engine.open(context_name) is None:
+        return c  # embedded later, while serving (`ServiceState.build_missing_context`)
     return with_context(c, settings, text)
 
 
