@@ -520,7 +520,8 @@ def main() -> None:
     body = (f"## Fault matrix\n\nCommand: `{command_line()}`. Real processes on "
             "loopback: the service (uvicorn), `python -m learner`, librdkafka's mock Kafka cluster (a child process, "
             "frozen with SIGSTOP for an outage), redis-server, and `llm4rec serve` on the embedded defaults; "
-            "ml-latest-small model, the learner's default settings (the user-side adapter, the item rows and the streaming popularity learning).\n\n"
+            "ml-latest-small model, the learner's default settings (the user-side adapter, the item rows and the "
+            "streaming popularity learning).\n\n"
             "| case | accepted (202) | reached Kafka | applied | applied twice | lost | notes |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(feedback) + "\n")  # fmt: skip
     if "adapters" in wanted:

@@ -289,7 +289,7 @@ def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], 
                folder: Path) -> tuple[np.ndarray, float]:  # fmt: skip
     pop_arm = _PopularityArm(ck, FLOORS[arm]) if arm in FLOORS else None
     retrainer = _Retrainer(ck, model, len(stream), folder) if arm == RETRAIN else None
-    online = dict(FROZEN if retrainer else {} if pop_arm else ARMS.get(arm) or TUNING[arm])
+    online = dict(FROZEN if retrainer else {} if pop_arm else ARMS[arm] if arm in ARMS else TUNING[arm])
     tune = [online.pop(k) for k in ("fine_tune", "fine_tune_lr", "fine_tune_replay") if k in online]
     learner = _learner(model, GuardSettings(), **online)  # type: ignore[arg-type]
     tuner = _EncoderTuning(learner, *tune) if tune else None  # type: ignore[arg-type]
@@ -405,7 +405,7 @@ def _arm_key(name: str) -> str:
     elif name == RETRAIN:
         what = {"retrain": 10}
     else:
-        arm = ARMS.get(name) or TUNING[name]
+        arm = ARMS[name] if name in ARMS else TUNING[name]
         online = {k: v for k, v in arm.items() if k in OnlineSettings.model_fields}
         what = OnlineSettings(**online).model_dump() | {k: v for k, v in arm.items() if k not in online}
         what.setdefault("user_refresh_every", USER_REFRESH_EVERY)
