@@ -194,17 +194,20 @@ FROZEN = ARMS["frozen"]
 SCOPES = {"encoder": "user encoder", "all": "item fusion and user encoder"}  # what `_EncoderTuning` moves
 # one setting moved from the defaults, and more ways to fine-tune: run only when named by --arms
 MOVED = (("lambda_item", 0.1), ("lambda_item", 0.01), ("lambda_item", 0.0), ("lr", 0.1), ("lr", 0.02), ("negatives", 0))
+
+
+def _tuning(scope: str, lr: float, replay: int) -> Arm:
+    return {"fine_tune": scope, "fine_tune_lr": lr, **({"fine_tune_replay": replay} if replay else {})}
+
+
 TUNING: dict[str, Arm] = {f"defaults with {k} {v:g}": {k: v} for k, v in MOVED} | {
-    f"defaults + {what} fine-tuned (Adam {lr:g}{f' with {r} replayed windows' if r else ''})": {
-        "fine_tune": scope,
-        "fine_tune_lr": lr,
-        **({"fine_tune_replay": r} if r else {}),
-    }
+    f"defaults + {what} fine-tuned (Adam {lr:g}{f' with {r} replayed windows' if r else ''})": _tuning(scope, lr, r)
     for scope, what in SCOPES.items()
     for lr in (1e-4, 3e-4, 1e-3)
     for r in (0, 16)
-    if {"fine_tune": scope, "fine_tune_lr": lr, **({"fine_tune_replay": r} if r else {})} not in ARMS.values()
+    if _tuning(scope, lr, r) not in ARMS.values()
 }
+EVERY_ARM = ARMS | TUNING
 RETRAIN = "periodic full retrain (every 10%)"
 FLOORS = {"popularity fixed at the cut": None, "popularity streaming": HALF_LIFE_DAYS}
 
@@ -289,7 +292,7 @@ def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], 
                folder: Path) -> tuple[np.ndarray, float]:  # fmt: skip
     pop_arm = _PopularityArm(ck, FLOORS[arm]) if arm in FLOORS else None
     retrainer = _Retrainer(ck, model, len(stream), folder) if arm == RETRAIN else None
-    online = dict(FROZEN if retrainer else {} if pop_arm else ARMS[arm] if arm in ARMS else TUNING[arm])
+    online = dict(FROZEN if retrainer else {} if pop_arm else EVERY_ARM[arm])
     tune = [online.pop(k) for k in ("fine_tune", "fine_tune_lr", "fine_tune_replay") if k in online]
     learner = _learner(model, GuardSettings(), **online)  # type: ignore[arg-type]
     tuner = _EncoderTuning(learner, *tune) if tune else None  # type: ignore[arg-type]
@@ -405,7 +408,7 @@ def _arm_key(name: str) -> str:
     elif name == RETRAIN:
         what = {"retrain": 10}
     else:
-        arm = ARMS[name] if name in ARMS else TUNING[name]
+        arm = EVERY_ARM[name]
         online = {k: v for k, v in arm.items() if k in OnlineSettings.model_fields}
         what = OnlineSettings(**online).model_dump() | {k: v for k, v in arm.items() if k not in online}
         what.setdefault("user_refresh_every", USER_REFRESH_EVERY)
@@ -413,19 +416,19 @@ def _arm_key(name: str) -> str:
 
 
 def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: list[str] | None = None) -> str:
-    """Runs `arms` (default: all) and writes each arm's per-event results under `RESULTS`, keyed by
+    """Runs `arms` (default: all but the tuning ones) and writes each arm's per-event results under `RESULTS`, keyed by
     the checkpoint's version and the stream; the table shows every arm stored for this version, so arms can be run
     in separate processes (the retrain arm is the slow one)."""
     ck = open_checkpoint(model, CACHE)
     stream = _stream(ck)[:limit] if limit else _stream(ck)
     new = len({i for _, i, _ in stream} - set(np.flatnonzero(ck.train.popularity() > 0).tolist()))
-    order = [*FLOORS, *ARMS, *TUNING, RETRAIN]
     store = RESULTS / f"{checkpoint_version(model)}-{len(stream)}-{batch}-per-event"
     store.mkdir(parents=True, exist_ok=True)
-    for name in tqdm(arms or order, desc="prequential arms"):
+    paths = {n: store / f"{_arm_key(n)}.npz" for n in [*FLOORS, *EVERY_ARM, RETRAIN]}  # the table's order
+    for name in tqdm(arms or [*FLOORS, *ARMS, RETRAIN], desc="prequential arms"):
         r, cpu_s = _replay(ck, model, stream, name, batch)
-        np.savez(store / f"{_arm_key(name)}.npz", events=r, cpu_s=cpu_s)
-    saved = {n: np.load(store / f"{_arm_key(n)}.npz") for n in order if (store / f"{_arm_key(n)}.npz").exists()}
+        np.savez(paths[name], events=r, cpu_s=cpu_s)
+    saved = {n: np.load(path) for n, path in paths.items() if path.exists()}
     results = {n: f["events"] for n, f in saved.items()}
     cpu = {n: float(f["cpu_s"]) for n, f in saved.items()}
     base = results.get("frozen")
