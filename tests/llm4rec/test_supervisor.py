@@ -34,6 +34,15 @@ def running(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has exited; only its parent's wait is missing
 
 
+def exits_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while running(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
@@ -50,7 +59,9 @@ def test_a_child_that_exits_stops_the_others_and_their_own_children(tmp_path: Pa
     start = time.monotonic()
     assert supervise([spawner, _exit_once_written(pid_file, 3)], grace_s=5) == 1  # unrequested: a failure
     assert time.monotonic() - start < 5  # the spawner took SIGTERM: no need to wait out the deadline
-    assert not running(int(pid_file.read_text()))  # SIGTERM went to the spawner's whole process group
+    # SIGTERM went to the spawner's whole process group; the grandchild dies when next scheduled, which
+    # on a loaded machine can be after supervise returns (it would otherwise sleep for a minute)
+    assert exits_within(int(pid_file.read_text()), 2.0)
 
 
 def test_a_child_that_ignores_sigterm_is_killed_at_the_deadline(tmp_path: Path) -> None:
