@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 from markdown_sections import command_line, write_section
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache/text-embeddings"
@@ -160,6 +161,23 @@ class Stack:
                 p.kill()
                 p.wait()
 
+    def forget(self) -> None:
+        """Delete this stack's keys from Redis (histories, event ids, adapters), which outlive the run
+        on a shared server; a Redis that is down by now (a killed-Redis case) has nothing to clean."""
+
+        async def delete() -> None:
+            redis = Redis.from_url(self.redis_url)
+            try:
+                keys = [k async for k in redis.scan_iter(match=self.prefix + "*", count=1000)]
+                for i in range(0, len(keys), 1000):
+                    await redis.delete(*keys[i : i + 1000])
+            except (OSError, RedisError):
+                pass
+            finally:
+                await redis.aclose()
+
+        asyncio.run(delete())
+
 
 @contextmanager
 def stack(model: Path, redis_url: str = "redis://127.0.0.1:6379/0", extra: dict[str, str] | None = None,
@@ -175,6 +193,7 @@ def stack(model: Path, redis_url: str = "redis://127.0.0.1:6379/0", extra: dict[
         finally:
             kafka.thaw()
             s.stop()
+            s.forget()
 
 
 def kafka_outage(model: Path) -> str:
