@@ -19,8 +19,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.dropout import Dropout
-
 
 @dataclass(frozen=True)
 class FusionConfig:
@@ -140,7 +138,9 @@ class AdaptiveFusion(nn.Module):
         super().__init__()
         self.adaptive = adaptive
         self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
-        self.mix = nn.Sequential(nn.Linear(num_modalities * dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim))
+        self.mix = nn.Sequential(
+            nn.Linear(num_modalities * dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+        )
 
     def forward(self, h: torch.Tensor, available: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h: (N, M, D) -> fused (N, D) and modality weights alpha (N, M)."""

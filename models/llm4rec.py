@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from models.debias import FairnessAdversary, group_loss_gap, ipw_weights, log_popularity, propensities
-from models.dropout import Dropout
 from models.fusion import FusionConfig, ItemFusion, ItemInputs
 from models.scoring import PAD, HistoryBatch, TrainData
 from models.sequences import training_windows, window_batches
@@ -81,7 +80,7 @@ class LLM4Rec(nn.Module):
         self.items = items
         self.fusion = ItemFusion(c.fusion)
         self.pos_emb = nn.Embedding(c.max_len, c.fusion.dim)
-        self.drop = Dropout(c.dropout)
+        self.drop = nn.Dropout(c.dropout)
         self.encoder = CausalTransformer(c.fusion.dim, c.layers, c.heads, c.dropout, layout=c.layout)
         self.gamma = nn.Parameter(torch.zeros(()))  # learned popularity effect (PDA's gamma)
         self.serve_gamma: float | None = None  # None: the learned gamma; 0: do(popularity) fully removed
@@ -117,8 +116,7 @@ class LLM4Rec(nn.Module):
         """seq: (B, L) left-padded item ids -> hidden states (B, L, D), or with `last` (B, 1, D)."""
         valid = seq != PAD
         L = seq.shape[1]
-        # embedding() rather than indexing: the same rows, gathered (and their gradient summed) faster
-        x = nn.functional.embedding(seq.clamp(min=0), item_vecs) * self.config.fusion.dim**0.5
+        x = item_vecs[seq.clamp(min=0)] * self.config.fusion.dim**0.5
         x = x + self.pos_emb(torch.arange(L - 1, -1, -1))  # positions count back from the newest item
         return self.encoder(self.drop(x) * valid.unsqueeze(-1), valid, last=last)
 

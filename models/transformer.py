@@ -10,17 +10,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.dropout import Dropout, dropout
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
-    """Scaled dot-product attention with dropout `p` on the attention weights, drawn by `dropout`
-    (`scaled_dot_product_attention` would draw one Bernoulli sample per weight)."""
-    if p <= 0:
-        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    w = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5 + mask
-    return dropout(torch.softmax(w, dim=-1), p) @ v
-
 
 class CausalBlock(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
@@ -30,11 +19,11 @@ class CausalBlock(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.drop = Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
-        """x: (B, L, D); mask: (B, 1, L, L) additive, 0 where attention is allowed, -inf elsewhere -> (B, L, D), or with
-        `last` only the newest position's output (B, 1, D)."""
+        """x: (B, L, D); mask: (B, 1, L, L) additive, 0 where attention is allowed and -inf elsewhere ->
+        (B, L, D), or with `last` only the newest position's output (B, 1, D)."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         if last:
@@ -55,8 +44,8 @@ class SASRecBlock(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.q, self.kv = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim), Dropout(dropout), nn.ReLU(), nn.Linear(dim, dim),
-                                 Dropout(dropout))  # fmt: skip
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout), nn.ReLU(), nn.Linear(dim, dim),
+                                 nn.Dropout(dropout))  # fmt: skip
         self.dropout = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, last: bool = False) -> torch.Tensor:
@@ -66,7 +55,8 @@ class SASRecBlock(nn.Module):
             x, mask = x[:, -1:], mask[:, :, -1:]
         h = self.ln1(x)
         q = self.q(h).view(B, -1, self.heads, D // self.heads).transpose(1, 2)
-        att = attention(q, k, v, mask, self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        att = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         x = self.ln2(h + self.proj(att.transpose(1, 2).reshape(B, -1, D)))
         return x + self.ffn(x)
 

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.dropout import Dropout
 from models.scoring import PAD, HistoryBatch, TrainData
 from models.sequences import training_windows, window_batches
 from models.transformer import CausalTransformer, xavier_init
@@ -43,7 +42,7 @@ class SASRec(nn.Module):
         self.num_items = num_items
         self.item_emb = nn.Embedding(num_items + 1, c.dim, padding_idx=0)  # row 0 = padding
         self.pos_emb = nn.Embedding(c.max_len, c.dim)
-        self.dropout = Dropout(c.dropout)
+        self.dropout = nn.Dropout(c.dropout)
         self.encoder = CausalTransformer(c.dim, c.layers, c.heads, c.dropout, c.layout)
         if c.xavier:
             xavier_init(self)
