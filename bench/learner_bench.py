@@ -193,23 +193,35 @@ ARMS: dict[str, Arm] = {
 FROZEN = ARMS["frozen"]
 SCOPES = {"encoder": "user encoder", "all": "item fusion and user encoder"}  # what `_EncoderTuning` moves
 # one setting moved from the defaults, and more ways to fine-tune: run only when named by --arms
-MOVED = (("lambda_item", 0.1), ("lambda_item", 0.01), ("lambda_item", 0.0), ("lr", 0.1), ("lr", 0.02), ("negatives", 0),
-         *(("popularity_half_life_days", d) for d in (14, 30, 60, 365)))
+MOVED = (
+    ("lambda_item", 0.1),
+    ("lambda_item", 0.01),
+    ("lambda_item", 0.0),
+    ("lr", 0.1),
+    ("lr", 0.02),
+    ("negatives", 0),
+    *(("popularity_half_life_days", d) for d in (14, 30, 60, 365)),
+)
 
 
 def _tuning(scope: str, lr: float, replay: int) -> Arm:
     return {"fine_tune": scope, "fine_tune_lr": lr, **({"fine_tune_replay": replay} if replay else {})}
 
 
-TUNING: dict[str, Arm] = {f"defaults with {k} {v:g}": {k: v} for k, v in MOVED} | {
-    f"defaults + {what} fine-tuned (Adam {lr:g}{f' with {r} replayed windows' if r else ''})": _tuning(scope, lr, r)
-    for scope, what in SCOPES.items()
-    for lr in (1e-4, 3e-4, 1e-3)
-    for r in (0, 16)
-    if _tuning(scope, lr, r) not in ARMS.values()
-}
-# the two single moves that scored best on ml-latest-small, together
-TUNING["defaults with lr 0.02 and negatives 0"] = {"lr": 0.02, "negatives": 0}
+TUNING: dict[str, Arm] = (
+    {f"defaults with {k} {v:g}": {k: v} for k, v in MOVED}
+    | {
+        # the two single moves that scored best on ml-latest-small, together
+        "defaults with lr 0.02 and negatives 0": {"lr": 0.02, "negatives": 0},
+    }
+    | {
+        f"defaults + {what} fine-tuned (Adam {lr:g}{f' with {r} replayed windows' if r else ''})": _tuning(scope, lr, r)
+        for scope, what in SCOPES.items()
+        for lr in (1e-4, 3e-4, 1e-3)
+        for r in (0, 16)
+        if _tuning(scope, lr, r) not in ARMS.values()
+    }
+)
 EVERY_ARM = ARMS | TUNING
 RETRAIN = "periodic full retrain (every 10%)"
 FLOORS = {"popularity fixed at the cut": None, "popularity streaming": HALF_LIFE_DAYS}
