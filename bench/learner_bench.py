@@ -199,6 +199,8 @@ MOVED = (
     ("lambda_item", 0.0),
     ("lr", 0.1),
     ("lr", 0.02),
+    ("lr", 0.01),
+    ("lr", 0.005),
     ("negatives", 0),
     *(("popularity_half_life_days", d) for d in (14, 30, 60, 365)),
 )
