@@ -46,6 +46,7 @@ from retrieval.catalog import index_vectors  # noqa: E402
 from retrieval.user_models import query_vector, user_vectors  # noqa: E402
 from tests.kafka_mock import MockKafka, mock_kafka, read_topic  # noqa: E402
 from tests.net import free_port, wait_http  # noqa: E402
+from tests.redis_keys import delete_prefixed  # noqa: E402
 from training.experiment import OpenedCheckpoint, checkpoint_version, open_checkpoint  # noqa: E402
 
 RANK = AdapterSettings().rank  # the service's, which checks the shapes
@@ -168,9 +169,7 @@ class Stack:
         async def delete() -> None:
             redis = Redis.from_url(self.redis_url)
             try:
-                keys = [k async for k in redis.scan_iter(match=self.prefix + "*", count=1000)]
-                for i in range(0, len(keys), 1000):
-                    await redis.delete(*keys[i : i + 1000])
+                await delete_prefixed(redis, self.prefix)
             except (OSError, RedisError):
                 pass
             finally:

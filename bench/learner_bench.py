@@ -64,6 +64,7 @@ from models.sequences import window_batches  # noqa: E402
 from models.splits import temporal  # noqa: E402
 from retrieval.user_models import UserVectors  # noqa: E402
 from service.state import app_state  # noqa: E402
+from tests.redis_keys import delete_prefixed  # noqa: E402
 from training.checkpoint import Switches, build_model, checkpoint_version, read_checkpoint_meta, save_checkpoint  # noqa: E402
 from training.experiment import OpenedCheckpoint as Checkpoint  # noqa: E402
 from training.experiment import open_checkpoint  # noqa: E402
@@ -608,9 +609,7 @@ async def _freshness(model: Path, trials: int) -> str:
                     adapter_s.append(time.perf_counter() - t0)
             stop.set()
             await asyncio.wait_for(task, 30)
-        keys = [k async for k in redis.scan_iter(match=prefix + "*")]
-        if keys:
-            await redis.delete(*keys)
+        await delete_prefixed(redis, prefix)
         await redis.aclose()
     a, h = np.array(adapter_s) * 1000, np.array(history_s) * 1000
     return ("### Freshness\n\n"

@@ -30,6 +30,7 @@ from recdata.tables import DatasetSpec, Tables
 from service.app import create_app
 from service.settings import FeedbackSettings, IndexSettings, Settings
 from service.state import app_state
+from tests.redis_keys import delete_prefixed
 from training.llm4rec_train import Switches, build_model, save_checkpoint
 
 
@@ -151,9 +152,7 @@ async def prefix() -> AsyncIterator[str]:
     p = f"test:svc:{uuid.uuid4().hex}:"
     yield p
     redis = Redis.from_url(REDIS_URL)
-    keys = [k async for k in redis.scan_iter(match=p + "*")]
-    if keys:
-        await redis.delete(*keys)
+    await delete_prefixed(redis, p)
     await redis.aclose()
 
 

@@ -25,6 +25,7 @@ from service.metrics import Metrics
 from tests.conftest import REDIS_URL, SmallTrained
 from tests.kafka_mock import mock_kafka
 from tests.net import free_port, wait_http
+from tests.redis_keys import delete_prefixed
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "deploy/grafana/dashboards/llm4rec.json").read_text())
@@ -147,9 +148,7 @@ def _cleanup(prefix: str) -> None:
 
     async def run() -> None:
         redis = Redis.from_url(REDIS_URL)
-        keys = [k async for k in redis.scan_iter(match=prefix + "*")]
-        if keys:
-            await redis.delete(*keys)
+        await delete_prefixed(redis, prefix)
         await redis.aclose()
 
     asyncio.run(run())

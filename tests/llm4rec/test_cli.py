@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,6 +22,7 @@ from tests.conftest import SmallTrained
 from tests.llm4rec.test_supervisor import descendants, exits_within
 from tests.net import free_port, wait_http
 from tests.recdata.test_movielens import write_ml1m
+from tests.redis_keys import delete_prefixed
 
 runner = CliRunner()
 
@@ -128,7 +130,6 @@ def test_index_build_of_the_context_alone_after_the_items(checkpoint: Path, smal
 
 
 def test_adapter_rollback_republishes_an_old_version_signed_and_newer(monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
     import uuid
 
     import numpy as np
@@ -158,8 +159,7 @@ def test_adapter_rollback_republishes_an_old_version_signed_and_newer(monkeypatc
         fields = await store.fetch(v)
         assert fields is not None
         _, tensors = decode(fields, b"k", shapes, 0)
-        keys = [k async for k in redis.scan_iter(match=prefix + "*")]
-        await redis.delete(*keys)
+        await delete_prefixed(redis, prefix)
         await redis.aclose()
         return v, float(tensors["item_bias"][0])
 
@@ -279,13 +279,14 @@ def test_serve_stops_on_sigint_also_when_started_in_the_background(
 
 def _delete_keys(prefix: str) -> None:
     """Remove what a test's processes wrote to the shared Redis under `prefix`."""
-    from redis import Redis
+    from redis.asyncio import Redis
 
-    client = Redis.from_url("redis://127.0.0.1:6379/0")
-    keys = list(client.scan_iter(match=prefix + "*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    async def run() -> None:
+        redis = Redis.from_url("redis://127.0.0.1:6379/0")
+        await delete_prefixed(redis, prefix)
+        await redis.aclose()
+
+    asyncio.run(run())
 
 
 def _stop_up(up: subprocess.Popen[bytes], sig: signal.Signals) -> None:

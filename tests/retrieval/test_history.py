@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from common import local_state
 from retrieval.history import HistoryStore, MemoryHistoryStore, RedisHistoryStore, SqliteHistoryStore
+from tests.redis_keys import delete_prefixed
 
 pytestmark = pytest.mark.anyio
 
@@ -31,9 +32,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     redis = Redis.from_url("redis://127.0.0.1:6379/0")
     prefix = f"test:history:{uuid.uuid4().hex}:"
     yield RedisHistoryStore(redis, prefix=prefix, max_len=5)
-    keys = [k async for k in redis.scan_iter(match=prefix + "*")]
-    if keys:
-        await redis.delete(*keys)
+    await delete_prefixed(redis, prefix)
     await redis.aclose()
 
 
