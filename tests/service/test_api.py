@@ -160,7 +160,8 @@ async def test_a_missing_rag_context_is_embedded_after_startup_not_before(
         assert r.status_code == 200
         assert {it["explanation"]["type"] for it in r.json()["items"]} <= {"preference", "similarity"}
         release.set()
-        await until(lambda: app_state(app).recommender.c.context is not None)
+        # the build is over once its stage is cleared, a step after the context is swapped in
+        await until(lambda: not app_state(app).serving.building)
         ready = (await client.get("/readyz")).json()
         assert (ready["dependencies"]["context"], ready["building"]) == ("ready", None)
     monkeypatch.setattr(components, "build_context_index", None)  # a second build would fail the start
