@@ -16,7 +16,8 @@ and freshness (feedback -> served adapter) through the real service, Kafka proto
   Users are encoded as the service encodes them. Arms: popularity fixed at the cut and streaming
   (the floors), frozen, the learner with each part switched on alone and together, and a periodic
   full retrain every tenth of the stream (the yardstick), each with the CPU seconds it spent
-  learning. `--arms` runs some of them; the table shows every arm stored for the checkpoint
+  learning; when named, warm fine-tunes every tenth (the served weights trained on for an epoch or
+  two), alone or under the learner. `--arms` runs some of them; the table shows every arm stored for the checkpoint
   (.cache/prequential), so slow arms can run in parallel.
 - forgetting: the adapter alone, or the item rows alone, learn from a drifted segment (random users
   suddenly clicking one genre), then the temporal model's own test set is evaluated (full ranking),
@@ -38,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +229,33 @@ TUNING: dict[str, Arm] = (
 )
 EVERY_ARM = ARMS | TUNING
 RETRAIN = "periodic full retrain (every 10%)"
+
+
+@dataclass(frozen=True)
+class Periodic:
+    """Every `every` of the stream a model replaces the served one: trained from scratch (`warm_epochs`
+    None) or the served weights trained on for `warm_epochs` epochs, over every user's sequence, a
+    random share `users` of them, or only those of the users active since the last one (`active_only`);
+    `online`: what the learner does in between."""
+
+    warm_epochs: int | None = None
+    active_only: bool = False
+    online: Arm = field(default_factory=lambda: dict(FROZEN))
+    every: float = 0.1
+    users: float = 1.0
+
+
+PERIODIC: dict[str, Periodic] = {
+    RETRAIN: Periodic(),
+    **{f"periodic warm fine-tune ({e} epoch{'s' * (e > 1)} every 10%)": Periodic(e) for e in (1, 2)},
+    **{f"learner defaults + periodic warm fine-tune ({e} epoch{'s' * (e > 1)} every 10%)": Periodic(e, online={})
+       for e in (1, 2)},
+    **{f"{on}periodic warm fine-tune of the active users ({e} epoch{'s' * (e > 1)} every 10%)":
+       Periodic(e, True, online) for e in (1, 3) for on, online in (("", FROZEN), ("learner defaults + ", {}))},
+    # within a tenth of the retrain's CPU seconds on ml-latest-small (its trainings stop after 5 epochs)
+    "learner defaults + periodic warm fine-tune (1 epoch every 20%)": Periodic(1, online={}, every=0.2),
+    "learner defaults + periodic warm fine-tune (half the users, 1 epoch every 10%)": Periodic(1, online={}, users=0.5),
+}  # fmt: skip
 FLOORS = {"popularity fixed at the cut": None, "popularity streaming": HALF_LIFE_DAYS}
 
 
@@ -263,36 +292,50 @@ class _PopularityArm:
 
 class _Retrainer:
     """The yardstick (what Gorse does): every tenth of the stream, a new model trained from scratch on
-    the cut's interactions plus the stream so far, served frozen until the next. It trains for the
-    epochs the cut's model needed to reach its best validation (the stream offers no held-out period to
-    stop on), with the same switches, configuration, seed and serving gamma (as a multiple of the
-    learned one). `cpu_s`: the process CPU seconds its trainings took."""
+    the cut's interactions plus the stream so far, served until the next. It trains for the epochs the
+    cut's model needed to reach its best validation (the stream offers no held-out period to stop on),
+    with the same switches, configuration, seed and serving gamma (as a multiple of the learned one).
+    With `warm_epochs`, a cheap variant: the served model's weights trained on for that many epochs
+    over the same data (a fresh Adam state)."""
 
-    def __init__(self, ck: Checkpoint, model: Path, stream_len: int, folder: Path) -> None:
+    def __init__(self, ck: Checkpoint, model: Path, stream_len: int, folder: Path, how: Periodic) -> None:
         meta = read_checkpoint_meta(model)
-        self.ck, self.folder, self.meta = ck, folder, meta
-        self.epochs = int(meta["fit"]["best_epoch"])
+        self.ck, self.folder, self.meta, self.how = ck, folder, meta, how
+        self.warm = how.warm_epochs is not None
+        self.served = ck.model.state_dict()  # what a warm fine-tune starts from
+        self.epochs = how.warm_epochs if how.warm_epochs is not None else int(meta["fit"]["best_epoch"])
+        self.last = 0  # stream events seen at the last replacement
         self.gamma_multiple = float(ck.model.serve_gamma or 0.0) / max(float(ck.model.gamma.detach()), 1e-12)
-        self.due = {stream_len * k // 10 for k in range(1, 10)}
-        self.cpu_s = 0.0
+        parts = round(1 / how.every)
+        self.due = {stream_len * k // parts for k in range(1, parts)}
 
     def retrain(self, seen: list[tuple[int, int, int]]) -> Path:
-        start = time.process_time()
         log, data = self.ck.train.log, self.ck.data
         columns = zip((log.user, log.item, log.timestamp), zip(*seen, strict=True), strict=True)
         user, item, ts = (np.concatenate([old, np.array(new, np.int64)]) for old, new in columns)
         order = np.lexsort((ts, user))  # Interactions' order: by user, then time
         train = TrainData(Interactions(user[order], item[order], ts[order]), data.num_users, data.num_items)
         sw = Switches(**self.meta["switches"])
-        rng = seed_everything(int(self.meta["run"]["seed"]))
+        rng = seed_everything(int(self.meta["run"]["seed"]) + len(seen) * self.warm)  # warm: new shuffles each time
         model = build_model(data, train, sw, CACHE, progress=False, base=LLM4RecConfig.from_dict(self.meta["model"]))
-        for _ in tqdm(range(self.epochs), desc=f"retrain on {len(train.log):,} interactions", leave=False):
-            model.fit_epoch(train, rng)
+        if self.warm:
+            model.load_state_dict(self.served)
+        fit_on = train
+        if self.how.active_only:
+            active = np.isin(user[order], [u for u, _, _ in seen[self.last :]])
+        elif self.how.users < 1:
+            active = np.random.default_rng(len(seen)).random(data.num_users)[user[order]] < self.how.users
+        if self.how.active_only or self.how.users < 1:
+            log_of = Interactions(user[order][active], item[order][active], ts[order][active])
+            fit_on = TrainData(log_of, data.num_users, data.num_items)
+        self.last = len(seen)
+        for _ in tqdm(range(self.epochs), desc=f"retrain on {len(fit_on.log):,} interactions", leave=False):
+            model.fit_epoch(fit_on, rng)
         model.eval()
         model.serve_gamma = self.gamma_multiple * float(model.gamma.detach())
+        self.served = model.state_dict()
         out = self.folder / f"at-{len(seen)}"
         save_checkpoint(out, model, data, train.log, sw, {k: self.meta[k] for k in ("dataset_ref", "run")})
-        self.cpu_s += time.process_time() - start
         return out
 
 
@@ -309,8 +352,8 @@ def _replay(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], arm
 def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], arm: str, batch: int,
                folder: Path) -> tuple[np.ndarray, float]:  # fmt: skip
     pop_arm = _PopularityArm(ck, FLOORS[arm]) if arm in FLOORS else None
-    retrainer = _Retrainer(ck, model, len(stream), folder) if arm == RETRAIN else None
-    online = dict(FROZEN if retrainer else {} if pop_arm else EVERY_ARM[arm])
+    retrainer = _Retrainer(ck, model, len(stream), folder, PERIODIC[arm]) if arm in PERIODIC else None
+    online = dict(PERIODIC[arm].online if retrainer else {} if pop_arm else EVERY_ARM[arm])
     tune = [online.pop(k) for k in ("fine_tune", "fine_tune_lr", "fine_tune_replay") if k in online]
     learner = _learner(model, GuardSettings(), **online)  # type: ignore[arg-type]
     tuner = _EncoderTuning(learner, *tune) if tune else None  # type: ignore[arg-type]
@@ -323,9 +366,10 @@ def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], 
     out = []
     for lo in tqdm(range(0, len(stream), batch), desc=f"prequential: {arm}", leave=False):
         if retrainer and any(lo <= d < lo + batch for d in retrainer.due):
-            histories = learner.histories
-            learner = _learner(retrainer.retrain(stream[:lo]), GuardSettings(), **FROZEN)
+            histories, start = learner.histories, time.process_time()
+            learner = _learner(retrainer.retrain(stream[:lo]), GuardSettings(), **online)  # type: ignore[arg-type]
             learner.histories = histories
+            cpu_s += time.process_time() - start  # the training and the new learner's set-up
         chunk = stream[lo : lo + batch]
         listed[[i for _, i, _ in chunk]] = True  # announced before it is clicked
         users = [ck.data.user_ids[u] for u, _, _ in chunk]
@@ -351,7 +395,7 @@ def _replay_in(ck: Checkpoint, model: Path, stream: list[tuple[int, int, int]], 
             if tuner:
                 tuner.learn(learner, users)
             cpu_s += time.process_time() - start
-    return np.array(out), cpu_s + (retrainer.cpu_s if retrainer else 0.0)
+    return np.array(out), cpu_s
 
 
 class _EncoderTuning:
@@ -423,8 +467,14 @@ def _arm_key(name: str) -> str:
     default is a new arm."""
     if name in FLOORS:
         what: dict[str, Any] = {"popularity floor, half-life days": FLOORS[name]}
-    elif name == RETRAIN:
+    elif name in PERIODIC:
+        how, defaults = PERIODIC[name], asdict(Periodic())
         what = {"retrain": 10}
+        if how.warm_epochs:
+            what |= {"warm_epochs": how.warm_epochs, **OnlineSettings(**how.online).model_dump()}
+            what |= {
+                k: v for k, v in asdict(how).items() if k in ("active_only", "every", "users") and v != defaults[k]
+            }
     else:
         arm = EVERY_ARM[name]
         online = {k: v for k, v in arm.items() if k in OnlineSettings.model_fields}
@@ -442,7 +492,7 @@ def prequential(model: Path, batch: int = 64, limit: int | None = None, arms: li
     new = len({i for _, i, _ in stream} - set(np.flatnonzero(ck.train.popularity() > 0).tolist()))
     store = RESULTS / f"{checkpoint_version(model)}-{len(stream)}-{batch}-per-event"
     store.mkdir(parents=True, exist_ok=True)
-    paths = {n: store / f"{_arm_key(n)}.npz" for n in [*FLOORS, *EVERY_ARM, RETRAIN]}  # the table's order
+    paths = {n: store / f"{_arm_key(n)}.npz" for n in [*FLOORS, *EVERY_ARM, *PERIODIC]}  # the table's order
     for name in tqdm(arms or [*FLOORS, *ARMS, RETRAIN], desc="prequential arms"):
         r, cpu_s = _replay(ck, model, stream, name, batch)
         np.savez(paths[name], events=r, cpu_s=cpu_s)
