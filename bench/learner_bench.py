@@ -59,18 +59,16 @@ from learner.metrics import LearnerMetrics  # noqa: E402
 from learner.pipeline import Learner  # noqa: E402
 from learner.popularity import DecayedPopularity  # noqa: E402
 from learner.settings import GuardSettings, LearnerSettings, OnlineSettings  # noqa: E402
-from models.data import Interactions  # noqa: E402
-from models.llm4rec import LLM4RecConfig  # noqa: E402
-from models.scoring import PAD, TrainData  # noqa: E402
+from models.scoring import PAD  # noqa: E402
 from models.sequences import window_batches  # noqa: E402
 from models.splits import temporal  # noqa: E402
 from retrieval.user_models import UserVectors  # noqa: E402
 from service.state import app_state  # noqa: E402
 from tests.redis_keys import delete_prefixed  # noqa: E402
-from training.checkpoint import Switches, build_model, checkpoint_version, read_checkpoint_meta, save_checkpoint  # noqa: E402
+from training.checkpoint import Switches, checkpoint_version, read_checkpoint_meta, save_checkpoint  # noqa: E402
 from training.experiment import OpenedCheckpoint as Checkpoint  # noqa: E402
 from training.experiment import open_checkpoint  # noqa: E402
-from training.fit import seed_everything  # noqa: E402
+from training.finetune import fine_tune, merged  # noqa: E402
 
 CACHE = ROOT / ".cache/text-embeddings"
 RESULTS = ROOT / ".cache/prequential"  # per-event results of each arm, by checkpoint version and stream
@@ -302,40 +300,28 @@ class _Retrainer:
         meta = read_checkpoint_meta(model)
         self.ck, self.folder, self.meta, self.how = ck, folder, meta, how
         self.warm = how.warm_epochs is not None
-        self.served = ck.model.state_dict()  # what a warm fine-tune starts from
+        self.served = ck.model  # what a warm fine-tune starts from
         self.epochs = how.warm_epochs if how.warm_epochs is not None else int(meta["fit"]["best_epoch"])
         self.last = 0  # stream events seen at the last replacement
-        self.gamma_multiple = float(ck.model.serve_gamma or 0.0) / max(float(ck.model.gamma.detach()), 1e-12)
         parts = round(1 / how.every)
         self.due = {stream_len * k // parts for k in range(1, parts)}
 
     def retrain(self, seen: list[tuple[int, int, int]]) -> Path:
-        log, data = self.ck.train.log, self.ck.data
-        columns = zip((log.user, log.item, log.timestamp), zip(*seen, strict=True), strict=True)
-        user, item, ts = (np.concatenate([old, np.array(new, np.int64)]) for old, new in columns)
-        order = np.lexsort((ts, user))  # Interactions' order: by user, then time
-        train = TrainData(Interactions(user[order], item[order], ts[order]), data.num_users, data.num_items)
-        sw = Switches(**self.meta["switches"])
-        rng = seed_everything(int(self.meta["run"]["seed"]) + len(seen) * self.warm)  # warm: new shuffles each time
-        model = build_model(data, train, sw, CACHE, progress=False, base=LLM4RecConfig.from_dict(self.meta["model"]))
-        if self.warm:
-            model.load_state_dict(self.served)
-        fit_on = train
-        if self.how.active_only:
-            active = np.isin(user[order], [u for u, _, _ in seen[self.last :]])
-        elif self.how.users < 1:
-            active = np.random.default_rng(len(seen)).random(data.num_users)[user[order]] < self.how.users
-        if self.how.active_only or self.how.users < 1:
-            log_of = Interactions(user[order][active], item[order][active], ts[order][active])
-            fit_on = TrainData(log_of, data.num_users, data.num_items)
+        ck, how = self.ck, self.how
+        log = merged(ck.train.log, *(np.array(c, np.int64) for c in zip(*seen, strict=True)))
+        fit_on = None
+        if how.active_only or how.users < 1:
+            chosen = np.random.default_rng(len(seen)).random(ck.data.num_users) < how.users
+            if how.active_only:
+                chosen = np.isin(np.arange(ck.data.num_users), [u for u, _, _ in seen[self.last :]])
+            fit_on = log.take(chosen[log.user])
         self.last = len(seen)
-        for _ in tqdm(range(self.epochs), desc=f"retrain on {len(fit_on.log):,} interactions", leave=False):
-            model.fit_epoch(fit_on, rng)
-        model.eval()
-        model.serve_gamma = self.gamma_multiple * float(model.gamma.detach())
-        self.served = model.state_dict()
+        seed = int(self.meta["run"]["seed"]) + len(seen) * self.warm  # warm: new shuffles each time
+        model = fine_tune(self.served, ck.data, log, self.meta, CACHE, self.epochs, seed, self.warm, fit_on)
+        self.served = model
         out = self.folder / f"at-{len(seen)}"
-        save_checkpoint(out, model, data, train.log, sw, {k: self.meta[k] for k in ("dataset_ref", "run")})
+        save_checkpoint(out, model, ck.data, log, Switches(**self.meta["switches"]),
+                        {k: self.meta[k] for k in ("dataset_ref", "run")})  # fmt: skip
         return out
 
 

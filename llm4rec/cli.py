@@ -54,6 +54,7 @@ from training.experiment import (
     open_checkpoint,
     run_baseline,
 )
+from training.finetune import feedback_interactions, fine_tune, merged, read_events
 from training.llm4rec_train import (
     GAMMA_TOLERANCE,
     CheckpointMismatchError,
@@ -247,6 +248,38 @@ def train_cmd(
     weights = ", ".join(f"{k} {v:.2f}" for k, v in trained.model.modality_weights().items())
     typer.echo(f"best validation NDCG@10 {trained.fit.best_valid_ndcg:.4f} at epoch {trained.fit.best_epoch}, "
                f"{trained.seconds:.0f}s; modality weights: {weights}; wrote {out}")  # fmt: skip
+
+
+@app.command("finetune")
+def finetune_cmd(
+    model: Annotated[Path, typer.Option(help="Checkpoint folder to start from.")],
+    events: Annotated[
+        Path,
+        typer.Option(
+            help="Feedback since its training, one JSON event per line (the "
+            "service's spool and Kafka topic carry this format)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Checkpoint folder to write.")],
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs over every interaction, old and new.")] = 1,
+    seed: int = 0,
+    cache_dir: CacheOpt = DEFAULT_CACHE,
+) -> None:
+    """Train a checkpoint on for a few epochs over its training interactions plus the positive feedback
+    since (a warm start; far cheaper than training again, BENCHMARKS.md); the new checkpoint's
+    training log holds both."""
+    ck = _open_for_serving(model, cache_dir)
+    try:
+        new, unknown = feedback_interactions(read_events(events), ck.data)
+    except (OSError, ValueError) as e:
+        raise _fail(str(e)) from e
+    log = merged(ck.train.log, new.user, new.item, new.timestamp)
+    tuned = fine_tune(ck.model, ck.data, log, ck.meta, cache_dir, epochs, seed)
+    source = {"from": ck.version, "events": len(new), "epochs": epochs, "seed": seed}
+    extra = {k: ck.meta[k] for k in ("dataset_ref", "run", "fit") if k in ck.meta} | {"fine_tune": source}
+    save_checkpoint(out, tuned, ck.data, log, Switches(**ck.meta["switches"]), extra)
+    typer.echo(f"fine-tuned on {len(log):,} interactions ({len(new):,} new; {unknown:,} events on users or items "
+               f"the dataset does not know left out) for {epochs} epoch(s); wrote {out}")  # fmt: skip
 
 
 @app.command("ablate")
