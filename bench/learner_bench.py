@@ -16,9 +16,9 @@ and freshness (feedback -> served adapter) through the real service, Kafka proto
   Users are encoded as the service encodes them. Arms: popularity fixed at the cut and streaming
   (the floors), frozen, the learner with each part switched on alone and together, and a periodic
   full retrain every tenth of the stream (the yardstick), each with the CPU seconds it spent
-  learning; when named, warm fine-tunes every tenth (the served weights trained on for an epoch or
-  two), alone or under the learner. `--arms` runs some of them; the table shows every arm stored for the checkpoint
-  (.cache/prequential), so slow arms can run in parallel.
+  learning; when named, periodic warm fine-tunes (`training.finetune`: the served weights trained on
+  for an epoch), alone or under the learner. `--arms` runs some of them; the table shows every arm
+  stored for the checkpoint (.cache/prequential), so slow arms can run in parallel.
 - forgetting: the adapter alone, or the item rows alone, learn from a drifted segment (random users
   suddenly clicking one genre), then the temporal model's own test set is evaluated (full ranking),
   at several consolidation weights.
@@ -251,8 +251,11 @@ PERIODIC: dict[str, Periodic] = {
     **{f"{on}periodic warm fine-tune of the active users ({e} epoch{'s' * (e > 1)} every 10%)":
        Periodic(e, True, online) for e in (1, 3) for on, online in (("", FROZEN), ("learner defaults + ", {}))},
     # within a tenth of the retrain's CPU seconds on ml-latest-small (its trainings stop after 5 epochs)
-    "learner defaults + periodic warm fine-tune (1 epoch every 20%)": Periodic(1, online={}, every=0.2),
+    **{f"{on}periodic warm fine-tune (1 epoch every 20%)": Periodic(1, online=online, every=0.2)
+       for on, online in (("", FROZEN), ("learner defaults + ", {}))},
     "learner defaults + periodic warm fine-tune (half the users, 1 epoch every 10%)": Periodic(1, online={}, users=0.5),
+    "learner defaults + periodic warm fine-tune (half the users, 1 epoch every 20%)":
+        Periodic(1, online={}, every=0.2, users=0.5),
 }  # fmt: skip
 FLOORS = {"popularity fixed at the cut": None, "popularity streaming": HALF_LIFE_DAYS}
 
@@ -293,8 +296,7 @@ class _Retrainer:
     the cut's interactions plus the stream so far, served until the next. It trains for the epochs the
     cut's model needed to reach its best validation (the stream offers no held-out period to stop on),
     with the same switches, configuration, seed and serving gamma (as a multiple of the learned one).
-    With `warm_epochs`, a cheap variant: the served model's weights trained on for that many epochs
-    over the same data (a fresh Adam state)."""
+    `how` says when, and whether it is instead a cheap warm fine-tune (`training.finetune`)."""
 
     def __init__(self, ck: Checkpoint, model: Path, stream_len: int, folder: Path, how: Periodic) -> None:
         meta = read_checkpoint_meta(model)
