@@ -59,6 +59,7 @@ from learner.metrics import LearnerMetrics  # noqa: E402
 from learner.pipeline import Learner  # noqa: E402
 from learner.popularity import DecayedPopularity  # noqa: E402
 from learner.settings import GuardSettings, LearnerSettings, OnlineSettings  # noqa: E402
+from models.data import Interactions  # noqa: E402
 from models.scoring import PAD  # noqa: E402
 from models.sequences import window_batches  # noqa: E402
 from models.splits import temporal  # noqa: E402
@@ -310,7 +311,8 @@ class _Retrainer:
 
     def retrain(self, seen: list[tuple[int, int, int]]) -> Path:
         ck, how = self.ck, self.how
-        log = merged(ck.train.log, *(np.array(c, np.int64) for c in zip(*seen, strict=True)))
+        clicks = Interactions(*(np.array(c, np.int64) for c in zip(*seen, strict=True)), np.full(len(seen), np.nan))
+        log = merged(ck.train.log, clicks)  # the stream's events are clicks: no stars
         fit_on = None
         if how.active_only or how.users < 1:
             chosen = np.random.default_rng(len(seen)).random(ck.data.num_users) < how.users

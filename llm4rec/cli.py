@@ -273,7 +273,7 @@ def finetune_cmd(
         new, unknown = feedback_interactions(read_events(events), ck.data)
     except (OSError, ValueError) as e:
         raise _fail(str(e)) from e
-    log = merged(ck.train.log, new.user, new.item, new.timestamp)
+    log = merged(ck.train.log, new)
     tuned = fine_tune(ck.model, ck.data, log, ck.meta, cache_dir, epochs, seed)
     source = {"from": ck.version, "events": len(new), "epochs": epochs, "seed": seed}
     extra = {k: ck.meta[k] for k in ("dataset_ref", "run", "fit") if k in ck.meta} | {"fine_tune": source}

@@ -59,8 +59,9 @@ def numerical_matrix(
 def _train_mean_rating(train: TrainData, ratings: np.ndarray | None, n: int) -> np.ndarray:
     if ratings is None:
         return np.full(n, np.nan, np.float32)
-    sums = np.bincount(train.log.item, weights=ratings, minlength=n)
-    counts = np.bincount(train.log.item, minlength=n)
+    rated = ~np.isnan(ratings)  # feedback without stars (clicks) joins a log without a rating
+    sums = np.bincount(train.log.item[rated], weights=ratings[rated], minlength=n)
+    counts = np.bincount(train.log.item[rated], minlength=n)
     return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from common.events import FeedbackEvent
+from common.events import EventType, FeedbackEvent
 from models.data import Interactions, RecDataset
 from models.llm4rec import LLM4Rec, LLM4RecConfig
 from models.scoring import TrainData
@@ -25,13 +25,21 @@ from training.checkpoint import Switches, build_model
 from training.fit import seed_everything
 
 
-def merged(log: Interactions, user: np.ndarray, item: np.ndarray, timestamp: np.ndarray) -> Interactions:
-    """`log` with the new interactions, in `Interactions`' order (by user, then time; ties keep the old
-    rows first)."""
-    u, i, t = (np.concatenate([old, np.asarray(new, np.int64)]) for old, new in
-               zip((log.user, log.item, log.timestamp), (user, item, timestamp), strict=True))  # fmt: skip
+def merged(log: Interactions, new: Interactions) -> Interactions:
+    """`log` with the `new` interactions, in `Interactions`' order (by user, then time; ties keep the old
+    rows first). Ratings are kept: a new row without one (a click) has NaN, which the item features'
+    mean rating skips."""
+    u, i, t = (np.concatenate([a, b]) for a, b in
+               zip((log.user, log.item, log.timestamp), (new.user, new.item, new.timestamp), strict=True))  # fmt: skip
+    rating = None
+    if log.rating is not None or new.rating is not None:
+        rating = np.concatenate([_ratings(log), _ratings(new)])
     order = np.lexsort((t, u))
-    return Interactions(u[order], i[order], t[order])
+    return Interactions(u[order], i[order], t[order], None if rating is None else rating[order])
+
+
+def _ratings(log: Interactions) -> np.ndarray:
+    return log.rating.astype(np.float32) if log.rating is not None else np.full(len(log), np.nan, np.float32)
 
 
 def fine_tune(model: LLM4Rec, data: RecDataset, log: Interactions, meta: Mapping[str, Any], cache_dir: Path,
@@ -83,8 +91,9 @@ def feedback_interactions(events: Iterable[FeedbackEvent], data: RecDataset) -> 
         if not e.is_positive:
             continue
         if e.user_id in users and e.item_id in items:
-            rows.append((users[e.user_id], items[e.item_id], e.timestamp or int(time.time())))
+            stars = e.value if e.type is EventType.rating and e.value is not None else np.nan
+            rows.append((users[e.user_id], items[e.item_id], e.timestamp or int(time.time()), stars))
         else:
             unknown += 1
-    u, i, t = (np.array(c, np.int64) for c in zip(*rows, strict=True)) if rows else (np.zeros(0, np.int64),) * 3
-    return Interactions(u, i, t), unknown
+    u, i, t = (np.array([r[k] for r in rows], np.int64) for k in range(3))
+    return Interactions(u, i, t, np.array([r[3] for r in rows], np.float32)), unknown

@@ -11,10 +11,13 @@ import torch
 from typer.testing import CliRunner
 
 from llm4rec.cli import app
+from models.data import Interactions
 from models.llm4rec import LLM4Rec
-from models.scoring import pad_histories
+from models.scoring import TrainData, pad_histories
 from tests.conftest import SmallTrained
 from training.checkpoint import checkpoint_version, load_serving_checkpoint
+from training.features import _train_mean_rating
+from training.finetune import merged
 
 runner = CliRunner()
 SWITCHERS = [f"u{u}" for u in range(0, 40, 2)]  # romance watchers who turn to these space films
@@ -76,3 +79,17 @@ def test_finetune_names_the_line_of_a_malformed_event(checkpoint: Path, small_tr
     assert result.exit_code != 0
     assert f"line {len(SWITCHERS) * len(NEW) + 1}: not a feedback event" in result.output
     assert not out.exists()
+
+
+def test_new_clicks_keep_the_ratings_and_the_mean_rating_they_give() -> None:
+    """Feedback without stars joins a rated log with NaN ratings, which the mean-rating feature skips
+    (dropping the column would blank that feature for every item of the fine-tuned model)."""
+    log = Interactions(np.array([0, 0, 1]), np.array([0, 1, 0]), np.array([1, 2, 1]), np.array([4.0, 2.0, 5.0]))
+    clicks = Interactions(np.array([0, 1]), np.array([0, 1]), np.array([3, 2]), np.array([np.nan, np.nan]))
+    both = merged(log, clicks)
+    assert both.user.tolist() == [0, 0, 0, 1, 1]
+    assert both.item.tolist() == [0, 1, 0, 0, 1]
+    assert both.rating is not None
+    np.testing.assert_array_equal(both.rating, [4.0, 2.0, np.nan, 5.0, np.nan])
+    mean = _train_mean_rating(TrainData(both, 2, 2), both.rating, 2)
+    np.testing.assert_allclose(mean, [4.5, 2.0])
