@@ -90,13 +90,19 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _local_history(state: ServiceState) -> str:
+    """Where a deployment without Redis keeps users' histories: on disk (they survive a restart) or not."""
+    folder = state.settings.state_dir
+    return "memory (lost on restart)" if folder is None else f"on disk ({folder})"
+
+
 @router.get("/readyz")
 async def readyz(state: State, response: Response) -> dict[str, Any]:
     c, fw = state.recommender.c, state.forwarder
     deps = {
         "model": c.model.version.replace(":", " ") if c.model.cold_start else "trained",
         "index": f"{len(c.catalogue.payloads)} items",
-        "history": "memory" if state.redis is None else await _redis_state(state),
+        "history": _local_history(state) if state.redis is None else await _redis_state(state),
         "events": f"{fw.sink.name} {'ok' if fw.healthy else 'unreachable'}, {fw.spool.pending} spooled",
         "explainer": state.recommender.explainer.name,
         "context": "ready" if c.context is not None else "off",

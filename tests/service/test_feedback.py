@@ -279,3 +279,12 @@ async def test_a_spooled_event_accepted_under_older_rules_is_forwarded_not_stuck
         assert (await client.post("/feedback", json={"events": [event]})).json()["published"] is True
         assert app_state(app).forwarder.spool.pending == 0  # the old line went out first, the new one after it
         assert [e.item_id for e in got] == ["m4"]  # learnt: only what today's rules accept
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+async def test_readyz_says_whether_histories_without_redis_survive_a_restart(settings: Settings,
+                                                                              on_disk: bool) -> None:  # fmt: skip
+    s = with_(settings, redis_url=None, state_dir=settings.state_dir if on_disk else None)
+    async with serve(s, context=False) as (client, _):
+        history = (await client.get("/readyz")).json()["dependencies"]["history"]
+    assert history == (f"on disk ({settings.state_dir})" if on_disk else "memory (lost on restart)")
