@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -311,16 +311,16 @@ class _Retrainer:
 
     def retrain(self, seen: list[tuple[int, int, int]]) -> Path:
         ck, how = self.ck, self.how
-        clicks = Interactions(*(np.array(c, np.int64) for c in zip(*seen, strict=True)), np.full(len(seen), np.nan))
-        log = merged(ck.train.log, clicks)  # the stream's events are clicks: no stars
-        fit_on = None
-        if how.active_only or how.users < 1:
+        clicks = Interactions(*(np.array(c, np.int64) for c in zip(*seen, strict=True)))  # no stars
+        log = merged(ck.train.log, clicks)
+        chosen = None  # the users whose sequences the training reads (None: all)
+        if how.active_only:
+            chosen = np.isin(np.arange(ck.data.num_users), [u for u, _, _ in seen[self.last :]])
+        elif how.users < 1:
             chosen = np.random.default_rng(len(seen)).random(ck.data.num_users) < how.users
-            if how.active_only:
-                chosen = np.isin(np.arange(ck.data.num_users), [u for u, _, _ in seen[self.last :]])
-            fit_on = log.take(chosen[log.user])
+        fit_on = None if chosen is None else log.take(chosen[log.user])
         self.last = len(seen)
-        seed = int(self.meta["run"]["seed"]) + len(seen) * self.warm  # warm: new shuffles each time
+        seed = int(self.meta["run"]["seed"]) + (len(seen) if self.warm else 0)  # warm: new shuffles each time
         model = fine_tune(self.served, ck.data, log, self.meta, CACHE, self.epochs, seed, self.warm, fit_on)
         self.served = model
         out = self.folder / f"at-{len(seen)}"
@@ -458,13 +458,12 @@ def _arm_key(name: str) -> str:
     if name in FLOORS:
         what: dict[str, Any] = {"popularity floor, half-life days": FLOORS[name]}
     elif name in PERIODIC:
-        how, defaults = PERIODIC[name], asdict(Periodic())
+        how, default = PERIODIC[name], Periodic()
         what = {"retrain": 10}
         if how.warm_epochs:
             what |= {"warm_epochs": how.warm_epochs, **OnlineSettings(**how.online).model_dump()}
-            what |= {
-                k: v for k, v in asdict(how).items() if k in ("active_only", "every", "users") and v != defaults[k]
-            }
+            moved = ("active_only", "every", "users")  # named only when moved, so older arms keep their keys
+            what |= {k: getattr(how, k) for k in moved if getattr(how, k) != getattr(default, k)}
     else:
         arm = EVERY_ARM[name]
         online = {k: v for k, v in arm.items() if k in OnlineSettings.model_fields}

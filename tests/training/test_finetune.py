@@ -4,6 +4,7 @@ learns what the feedback says, writes a complete checkpoint, and refuses a malfo
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ SWITCHERS = [f"u{u}" for u in range(0, 40, 2)]  # romance watchers who turn to t
 NEW = ["m0", "m1", "m2", "m3"]
 
 
-def _events(path: Path, extra: list[dict[str, object]] = ()) -> Path:  # type: ignore[assignment]
+def _events(path: Path, extra: Sequence[dict[str, object]] = ()) -> Path:
     rows = [{"user_id": u, "item_id": i, "type": "click", "timestamp": 1_700_000_000 + 60 * k}
             for u in SWITCHERS for k, i in enumerate(NEW)]  # fmt: skip
     path.write_text("\n".join(json.dumps(r) for r in [*rows, *extra]) + "\n")
