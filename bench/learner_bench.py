@@ -254,6 +254,8 @@ PERIODIC: dict[str, Periodic] = {
     # within a tenth of the retrain's CPU seconds on ml-latest-small (its trainings stop after 5 epochs)
     **{f"{on}periodic warm fine-tune (1 epoch every 20%)": Periodic(1, online=online, every=0.2)
        for on, online in (("", FROZEN), ("learner defaults + ", {}))},
+    **{f"learner defaults + periodic warm fine-tune (1 epoch every {name})": Periodic(1, online={}, every=every)
+       for name, every in (("25%", 0.25), ("third", 1 / 3))},
     "learner defaults + periodic warm fine-tune (half the users, 1 epoch every 10%)": Periodic(1, online={}, users=0.5),
     "learner defaults + periodic warm fine-tune (half the users, 1 epoch every 20%)":
         Periodic(1, online={}, every=0.2, users=0.5),

@@ -29,3 +29,10 @@ def freeze_startup_objects() -> None:
     (a native profile under load caught the event loop inside the collector). Call after start-up."""
     gc.collect()
     gc.freeze()
+
+
+def refreeze() -> None:
+    """The same after long-lived objects were replaced (a new model): the replaced ones, frozen with the
+    rest, would never be collected."""
+    gc.unfreeze()
+    freeze_startup_objects()

@@ -32,5 +32,11 @@ class LearnerMetrics:
                                 registry=r)  # fmt: skip
         self.skipped = Counter("recsys_learner_skipped_steps_total", "Steps skipped for a non-finite loss",
                                registry=r)  # fmt: skip
+        self.fine_tunes = Counter("recsys_learner_fine_tunes_total", "Periodic fine-tunes of the served model, by "
+                                  "outcome", ["outcome"], registry=r)  # fmt: skip
+        self.fine_tune_seconds = Gauge("recsys_learner_fine_tune_seconds", "The last fine-tune, from taking its "
+                                       "events to serving the new model", registry=r)  # fmt: skip
+        self.fine_tune_pending = Gauge("recsys_learner_fine_tune_pending_events", "Positive events the served "
+                                       "model has not been fine-tuned on", registry=r)  # fmt: skip
         self.publish_errors = Counter("recsys_learner_publish_errors_total", "Failed publishes (retried)",
                                       registry=r)  # fmt: skip

@@ -9,9 +9,10 @@ published: a start interrupted at any point finds either no model (and starts ov
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -38,9 +39,9 @@ async def train_and_swap(state: ServiceState, time_budget_s: float, log_path: Pa
     await state.serving.embedded.wait()
     try:
         shutil.rmtree(staging, ignore_errors=True)
-        await _step(state, "training", log_path, [*llm4rec, "train", "--out", str(staging), "--dataset",
+        await run_step(state, "training", log_path, [*llm4rec, "train", "--out", str(staging), "--dataset",
                     s.cold_start.dataset, "--time-budget", str(time_budget_s), *cache])  # fmt: skip
-        await _step(
+        await run_step(
             state,
             "indexing items",
             log_path,
@@ -51,7 +52,7 @@ async def train_and_swap(state: ServiceState, time_budget_s: float, log_path: Pa
         if on_trained is not None:
             await on_trained()
         if s.rag.enabled:
-            await _step(
+            await run_step(
                 state,
                 "embedding RAG context",
                 log_path,
@@ -68,12 +69,17 @@ async def train_and_swap(state: ServiceState, time_budget_s: float, log_path: Pa
         log.exception("background_swap_failed")
 
 
-async def _step(state: ServiceState, what: str, log_path: Path, command: Sequence[str]) -> None:
+async def run_step(state: ServiceState, what: str, log_path: Path, command: Sequence[str],
+                   env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    """Run `command` as a child process (`env`: variables added to this process's), its output appended
+    to `log_path`, `what` shown on /readyz meanwhile; raises BuildFailedError when it fails. A stopping
+    service stops the child."""
     state.serving.building = what
     log.info("background_build_step", step=what)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
-        child = await asyncio.create_subprocess_exec(*command, stdout=out, stderr=asyncio.subprocess.STDOUT)
+        child = await asyncio.create_subprocess_exec(*command, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                                                     env={**os.environ, **(env or {})})  # fmt: skip
         try:
             code = await child.wait()
         except asyncio.CancelledError:  # the service is stopping: the child goes with it

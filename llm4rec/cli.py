@@ -25,7 +25,8 @@ from common.process import limit_malloc_arenas
 from common.settings import MissingSettingError
 from learner.settings import LearnerSettings
 from llm4rec.bootstrap import train_and_swap
-from llm4rec.embedded import adapter_store, attach_learner
+from llm4rec.embedded import adapter_store, learn_in_process
+from llm4rec.periodic import recover
 from llm4rec.supervisor import supervise
 from models.data import RecDataset
 from recdata import CONVERTERS, DatasetError, convert, load_dataset
@@ -352,18 +353,20 @@ def serve_cmd(
     async def started(state: ServiceState) -> None:
         """Before the first request: the embedded learner subscribes now (so it sees every event), or,
         with no model yet, once the background build has swapped the trained model in."""
-        learn = functools.partial(attach_learner, state, learner_settings, store) if store is not None else None
+        log_path = state.settings.cache_dir.parent / "background-build.log"
+        learn = None if store is None else functools.partial(learn_in_process, state, learner_settings, store, log_path)
         if not state.recommender.c.model.cold_start:
             if learn is not None:
                 await learn()
         elif train_if_missing:
-            log_path = state.settings.cache_dir.parent / "background-build.log"
             typer.echo(f"no model yet: serving popularity, then content vectors, while a model trains in the "
                        f"background (at most {time_budget:.0f} s, progress in {log_path}; GET /readyz tells the "
                        "stage)")  # fmt: skip
             state.tasks.append(asyncio.create_task(train_and_swap(state, time_budget, log_path, learn)))
 
     try:
+        if embedded:
+            recover(settings)  # a fine-tune cut by a kill: its model folder and its events
         _index_available(settings.index.location, settings.model_dir)
         app = create_app(settings, adapter_store=store, on_started=started)
     except (ValueError, IndexInUseError) as e:

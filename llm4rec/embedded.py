@@ -22,6 +22,7 @@ from learner.build import learner_from_settings, resume
 from learner.metrics import LearnerMetrics
 from learner.pipeline import Learner
 from learner.settings import LearnerSettings
+from llm4rec.periodic import PeriodicFineTune
 from service.feedback import InProcessSink
 from service.state import ServiceState
 
@@ -36,40 +37,77 @@ def adapter_store(settings: LearnerSettings, redis_url: str | None, state_dir: P
     return SqliteAdapterStore(local_state.connect(state_dir), a.keep) if state_dir else MemoryAdapterStore(a.keep)
 
 
-async def attach_learner(state: ServiceState, settings: LearnerSettings, store: AdapterStore) -> Learner:
-    """Build a learner for the served (trained) model and subscribe it to the in-process sink."""
-    sink = state.sink
-    assert isinstance(sink, InProcessSink), "the in-process learner is for the embedded default (no Kafka)"
-    metrics = LearnerMetrics()
-    state.metrics.also_serve(metrics.registry)  # the learner's figures on the service's /metrics
-    learner = await anyio.to_thread.run_sync(learner_from_settings, settings, store, metrics, state.history,
-                                            state.item_log)  # fmt: skip
-    await resume(learner)
+class EmbeddedLearner:
+    """The in-process learner and its inbox. The inbox is subscribed to the sink from construction, so
+    no event goes unlearnt while a learner is (re)built; `attach` builds a learner for the served model
+    and, called again after a model swap, replaces it between two batches."""
 
-    db = local_state.connect(state.settings.state_dir) if state.settings.state_dir else local_state.in_memory()
-    inbox = Inbox(db)
+    def __init__(self, state: ServiceState, settings: LearnerSettings, store: AdapterStore) -> None:
+        sink = state.sink
+        assert isinstance(sink, InProcessSink), "the in-process learner is for the embedded default (no Kafka)"
+        self.state, self.settings, self.store = state, settings, store
+        self.metrics = LearnerMetrics()
+        state.metrics.also_serve(self.metrics.registry)  # the learner's figures on the service's /metrics
+        db = local_state.connect(state.settings.state_dir) if state.settings.state_dir else local_state.in_memory()
+        self.inbox = Inbox(db)
+        self.learner: Learner | None = None
+        self._lock = asyncio.Lock()  # a learner is replaced between batches, never during one
+        sink.subscribers.append(self._put)
 
-    async def learn(events: list[FeedbackEvent]) -> None:
-        inbox.put(events)  # committed before the spool lets them go; the forwarder never waits on training
+    async def _put(self, events: list[FeedbackEvent]) -> None:
+        self.inbox.put(events)  # committed before the spool lets them go; the forwarder never waits on training
 
-    async def drain() -> None:
+    async def attach(self) -> Learner:
+        """A learner for the model served now (resumed from the store's adapter if it was trained for
+        it), replacing the one before."""
+        s = self.state
+        learner = await anyio.to_thread.run_sync(learner_from_settings, self.settings, self.store, self.metrics,
+                                                s.history, s.item_log)  # fmt: skip
+        await resume(learner)
+        async with self._lock:
+            first, self.learner = self.learner is None, learner
+        if first:
+            s.tasks.append(asyncio.create_task(self._drain()))  # stopped with the service
+            freeze_startup_objects()  # the learner's copy of the model joins the service's frozen start-up heap
+        log.info("in_process_learner_attached", base_model=learner.base_model)
+        return learner
+
+    async def _drain(self) -> None:
         """Micro-batches like the Kafka learner's: whatever arrived, at most every `in_process_wait_ms`;
         a batch leaves the inbox once processed (or given up)."""
+        b = self.settings.batch
         while True:
-            await inbox.arrived.wait()
-            await asyncio.sleep(settings.batch.in_process_wait_ms / 1000)
-            last, batch = inbox.peek(settings.batch.size)
+            await self.inbox.arrived.wait()
+            await asyncio.sleep(b.in_process_wait_ms / 1000)
+            last, batch = self.inbox.peek(b.size)
             if not batch:
-                inbox.arrived.clear()
+                self.inbox.arrived.clear()
                 continue
-            await _learn_with_retries(learner, batch, settings.batch.max_failures)
-            inbox.done(last)
+            async with self._lock:
+                assert self.learner is not None
+                await _learn_with_retries(self.learner, batch, b.max_failures)
+            self.inbox.done(last)
 
-    sink.subscribers.append(learn)
-    freeze_startup_objects()  # the learner's copy of the model joins the service's frozen start-up heap
-    state.tasks.append(asyncio.create_task(drain()))  # stopped with the service
-    log.info("in_process_learner_attached")
-    return learner
+
+async def attach_learner(state: ServiceState, settings: LearnerSettings, store: AdapterStore) -> Learner:
+    """Build a learner for the served (trained) model and subscribe it to the in-process sink."""
+    return await EmbeddedLearner(state, settings, store).attach()
+
+
+async def learn_in_process(state: ServiceState, settings: LearnerSettings, store: AdapterStore,
+                           build_log: Path) -> EmbeddedLearner:  # fmt: skip
+    """The embedded default's learning, once a trained model serves: the streaming learner, and the
+    periodic fine-tune (when on, and the service keeps local state) that re-bases it on each new model."""
+    embedded = EmbeddedLearner(state, settings, store)
+    await embedded.attach()
+    f = settings.fine_tune
+    if f.every_events > 0 and state.settings.state_dir is not None:
+        tuner = PeriodicFineTune(state, f, build_log, embedded.attach, embedded.metrics)
+        assert isinstance(state.sink, InProcessSink)
+        state.sink.subscribers.append(tuner.record)
+        state.tasks.append(asyncio.create_task(tuner.run()))
+        log.info("periodic_fine_tune_on", every_events=f.every_events, pending=tuner.pending.count)
+    return embedded
 
 
 class Inbox:

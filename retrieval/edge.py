@@ -153,6 +153,12 @@ class EdgeEngine:
                 raise IndexInUseError(self.root, path / "wal") from e
             raise
 
+    def drop(self, name: str) -> None:
+        folder = self.root / name
+        for path in [p for p in self._open if p.parent == folder]:
+            self._close(path)
+        shutil.rmtree(folder, ignore_errors=True)
+
     def close(self) -> None:
         for path in list(self._open):
             self._close(path)

@@ -94,6 +94,10 @@ class IndexEngine(Protocol):
         """The published version of `name`, or None if nothing was ever published."""
         ...
 
+    def drop(self, name: str) -> None:
+        """Delete every version of `name` (a replaced model's collection); nothing if there is none."""
+        ...
+
     def close(self) -> None:
         """Release files and connections (an embedded index locks its folder while open)."""
         ...

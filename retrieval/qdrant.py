@@ -111,6 +111,13 @@ class QdrantEngine:
             if old.name != index.collection:
                 self.client.delete_collection(old.name)
 
+    def drop(self, name: str) -> None:
+        if self._target(name) is not None:
+            ops = [qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=name))]
+            self.client.update_collection_aliases(change_aliases_operations=ops)
+        for old in self._versions(name):
+            self.client.delete_collection(old.name)
+
     def open(self, name: str) -> QdrantIndex | None:
         target = self._target(name)
         if target is None:

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from common import local_state
 from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore
 from models.adapter import ServingAdapter
-from retrieval.catalog import NewItem
+from retrieval.catalog import NewItem, items_collection
 from retrieval.history import (
     HistoryStore,
     MemoryHistoryStore,
@@ -67,14 +67,23 @@ class Serving:
         self._retiring: set[asyncio.Task[None]] = set()
         self.embedded = asyncio.Event()  # the cold-start content vectors are in (or could not be built)
 
-    async def swap(self, new: Recommender, watcher_task: asyncio.Task[None] | None) -> None:
+    async def swap(self, new: Recommender, watcher_task: asyncio.Task[None] | None,
+                   drop_replaced: bool = False) -> None:  # fmt: skip
+        """`drop_replaced`: delete the old model's item collection once no request holds it (a model that
+        replaces another for good, as a fine-tune's does)."""
         old, old_task = self.current, self._watcher_task
         self.current, self._watcher_task = new, watcher_task
         await _stop(old_task)
-        retiring = asyncio.create_task(_retire(old, close_engine=old.c.engine is not new.c.engine))
+        shared = old.c.engine is new.c.engine
+        drop = items_collection(old.c.model_version) if drop_replaced and shared else None
+        retiring = asyncio.create_task(_retire(old, close_engine=not shared, drop=drop))
         self._retiring.add(retiring)
         retiring.add_done_callback(self._retiring.discard)  # a finished retirement holds no bundle
         log.info("model_swapped", model_version=new.c.model_version, items=len(new.c.catalogue.payloads))
+
+    async def retired(self) -> None:
+        """Until every replaced model's bundle is closed (no request holds one)."""
+        await asyncio.gather(*self._retiring)
 
     async def close(self) -> None:
         await _stop(self._watcher_task)
@@ -82,14 +91,19 @@ class Serving:
         await _retire(self.current, close_engine=True)
 
 
-async def _retire(old: Recommender, close_engine: bool) -> None:
+async def _retire(old: Recommender, close_engine: bool, drop: str | None = None) -> None:
     """Close a replaced model's bundle once the requests that still hold it have finished (its index
-    engine only when the new bundle does not share it)."""
+    engine only when the new bundle does not share it; `drop`: a collection of it to delete then)."""
     while old.active:
         await asyncio.sleep(0.05)
     await old.explainer.close()
     if close_engine:
         old.c.close()
+    elif drop is not None and old.c.engine is not None:
+        try:
+            await anyio.to_thread.run_sync(old.c.engine.drop, drop)
+        except Exception as e:  # a leftover collection costs disk, not service
+            log.warning("old_index_not_dropped", collection=drop, error=str(e))
 
 
 @dataclass(frozen=True)
@@ -114,12 +128,15 @@ class ServiceState:
     def recommender(self) -> Recommender:
         return self.serving.current
 
-    async def load_trained(self, context: bool = True) -> None:
+    async def load_trained(self, context: bool = True, replacing: bool = False) -> None:
         """Swap in the trained model (the checkpoint at `settings.model_dir` and its index; `context`:
-        with the RAG collection, when enabled)."""
+        with the RAG collection, when enabled). `replacing` another trained model for good (a fine-tune):
+        the context only if its collection exists, and the old item collection deleted once unused."""
         current = self.recommender.c
         engine = current.engine if not current.model.cold_start else None
-        await self._swap_in(functools.partial(build_components, self.settings, self.text, context, engine))
+        build = functools.partial(build_components, self.settings, self.text, context, engine,
+                                  build_context=not replacing)  # fmt: skip
+        await self._swap_in(build, replacing)
 
     async def add_context(self) -> None:
         """RAG context for the served trained model: the same bundle (model, catalogue, index engine)
@@ -147,7 +164,7 @@ class ServiceState:
             log.warning("cold_start_embedding_failed", error=str(e))
         self.serving.embedded.set()  # not when cancelled: a stopping service starts no training
 
-    async def _swap_in(self, build: Callable[[], Components]) -> None:
+    async def _swap_in(self, build: Callable[[], Components], drop_replaced: bool = False) -> None:
         """Build a bundle off the event loop, then, with POST /items held, replay the added items into it
         and swap: the new bundle serves every item the old one did. A cold-start bundle never replaces a
         trained model."""
@@ -161,7 +178,7 @@ class ServiceState:
             await anyio.to_thread.run_sync(c.catalogue.add, (await _added_items(self.item_log))[0])
             s = self.settings
             recommender, task = await _recommender(s, self.metrics, self.adapter_store, self.redis, self.history, c)
-            await self.serving.swap(recommender, task)
+            await self.serving.swap(recommender, task, drop_replaced)
         await _seed(self.history, c)
 
     async def close(self) -> None:

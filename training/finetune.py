@@ -80,16 +80,17 @@ def read_events(path: Path) -> list[FeedbackEvent]:
 
 
 def feedback_interactions(events: Iterable[FeedbackEvent], data: RecDataset) -> tuple[Interactions, int]:
-    """The positive events on users and items the dataset knows, as interactions (an event without a
-    timestamp is stamped now, as the service stamps what it receives), and how many were left out for
-    naming a user or item the dataset does not know (items added after training have no row in the
-    model)."""
+    """The positive events on users and items the dataset knows, each event id once, as interactions
+    (an event without a timestamp is stamped now, as the service stamps what it receives), and how many
+    were left out for naming a user or item the dataset does not know (items added after training have
+    no row in the model)."""
     users = {u: j for j, u in enumerate(data.user_ids)}
     items = {x: j for j, x in enumerate(data.item_ids)}
-    rows, unknown = [], 0
+    rows, unknown, ids = [], 0, set()
     for e in events:
-        if not e.is_positive:
+        if not e.is_positive or e.event_id in ids:
             continue
+        ids.add(e.event_id)
         if e.user_id in users and e.item_id in items:
             stars = e.value if e.type is EventType.rating and e.value is not None else np.nan
             rows.append((users[e.user_id], items[e.item_id], e.timestamp or int(time.time()), stars))

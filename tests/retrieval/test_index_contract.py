@@ -58,6 +58,19 @@ def test_unpublished_name_opens_to_none(engine: IndexEngine) -> None:
     assert engine.open("items") is None
 
 
+def test_drop_deletes_one_name_and_leaves_the_others(engine: IndexEngine) -> None:
+    built(engine)
+    other = engine.create("other", DIM, FIELDS)
+    other.upsert([0], catalogue()[0][:1], catalogue()[1][:1])
+    engine.publish("other", other)
+    engine.drop("items")
+    engine.drop("never-published")  # nothing to drop: no error
+    assert engine.open("items") is None
+    kept = engine.open("other")
+    assert kept is not None
+    assert kept.count() == 1
+
+
 def test_search_equals_exact_dot_product_top10(engine: IndexEngine) -> None:
     vectors, _ = built(engine)
     index = engine.open("items")

@@ -54,16 +54,17 @@ def test_finetune_learns_the_new_feedback_and_writes_a_servable_checkpoint(
     events = _events(tmp_path / "events.jsonl", [
         {"user_id": "u1", "item_id": "m5", "type": "dislike"},  # not a positive: not an interaction
         {"user_id": "stranger", "item_id": "m5", "type": "click"},  # a user the dataset does not know
+        *[{"event_id": "sent-twice", "user_id": "u3", "item_id": "m9", "type": "click"}] * 2,  # learnt once
     ])  # fmt: skip
     out = tmp_path / "tuned"
     result = runner.invoke(app, ["finetune", "--model", str(checkpoint), "--events", str(events), "--out", str(out),
                                  "--cache-dir", str(small_trained.cache)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "80 new; 1 events on users or items" in result.output
+    assert "81 new; 1 events on users or items" in result.output
 
     before = load_serving_checkpoint(checkpoint, small_trained.cache)
     after = load_serving_checkpoint(out, small_trained.cache)
-    assert len(after.train.log) == len(before.train.log) + len(SWITCHERS) * len(NEW)
+    assert len(after.train.log) == len(before.train.log) + len(SWITCHERS) * len(NEW) + 1
     assert after.meta["fine_tune"]["from"] == before.version != after.version
     assert checkpoint_version(checkpoint) == before.version  # the source checkpoint is left as it was
     assert after.model.serve_gamma is not None
