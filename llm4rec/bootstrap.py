@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from common.process import PARENT_PID
 from service.state import ServiceState
 
 log = structlog.get_logger()
@@ -77,9 +78,9 @@ async def run_step(state: ServiceState, what: str, log_path: Path, command: Sequ
     state.serving.building = what
     log.info("background_build_step", step=what)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, PARENT_PID: str(os.getpid()), **(env or {})}  # the child dies with this process
     with log_path.open("ab") as out:
-        child = await asyncio.create_subprocess_exec(*command, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                                                     env={**os.environ, **(env or {})})  # fmt: skip
+        child = await asyncio.create_subprocess_exec(*command, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env)
         try:
             code = await child.wait()
         except asyncio.CancelledError:  # the service is stopping: the child goes with it

@@ -4,11 +4,18 @@ collection deleted), a failed one keeps its events, and what a kill leaves half 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from common.adapter_store import MemoryAdapterStore
@@ -23,6 +30,7 @@ from service.settings import Settings
 from service.state import app_state
 from tests.conftest import SmallTrained, serve, until, with_
 from tests.learner.test_end_to_end import _learner_settings, _likes
+from tests.net import free_port, wait_http
 from training.checkpoint import WEIGHTS, checkpoint_version, read_checkpoint_meta
 
 pytestmark = pytest.mark.anyio
@@ -141,3 +149,63 @@ async def test_a_failed_fine_tune_keeps_the_model_and_the_events(
         assert not await tuner.fine_tune()
         assert tuner.pending.count == 5
         assert state.recommender.c.model_version == old == checkpoint_version(model)
+
+
+def _processes_reading(path: Path) -> list[int]:
+    """Pids whose command line names `path`."""
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if str(path).encode() in (proc / "cmdline").read_bytes():
+                out.append(int(proc.name))
+    return out
+
+
+def test_a_fine_tune_killed_with_its_service_loses_no_feedback_and_leaves_no_child(
+    checkpoint: Path, small_trained: SmallTrained, tmp_path: Path
+) -> None:
+    """`llm4rec serve` killed by SIGKILL while its child fine-tunes: the child dies with it, and the next
+    start fine-tunes on the same events and swaps the result in."""
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint, model)
+    old, port = checkpoint_version(model), free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env |= {"RECSYS_MODEL_DIR": str(model), "RECSYS_CACHE_DIR": str(small_trained.cache),
+            "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"), "RECSYS_STATE_DIR": str(tmp_path / "state"),
+            "RECSYS_INDEX__LOCATION": str(tmp_path / "ix"), "RECSYS_FINE_TUNE__EVERY_EVENTS": "10",
+            "RECSYS_FINE_TUNE__MIN_INTERVAL_S": "0", "RECSYS_RAG__ENABLED": "false"}  # fmt: skip
+
+    def serve() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "llm4rec", "serve", "--port", str(port)], env=env)
+        wait_http(f"{base}/readyz", timeout_s=120, ok=300)
+        return proc
+
+    def readyz() -> dict[str, Any]:
+        return dict(httpx.get(f"{base}/readyz", timeout=10).json())
+
+    proc = serve()
+    try:
+        events = _likes("u3", range(10, 20))
+        assert httpx.post(f"{base}/feedback", json={"events": events}, timeout=10).json()["accepted"] == 10
+        deadline = time.monotonic() + 60
+        while not (readyz()["building"] or "").startswith("fine-tuning") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (readyz()["building"] or "").startswith("fine-tuning")
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 1.5  # an orphan would take longer than this to finish even a small fine-tune
+        while _processes_reading(model) and time.monotonic() < deadline:  # the fine-tune names the model folder
+            time.sleep(0.1)
+        assert not _processes_reading(model), "the fine-tune outlived its service"
+        assert checkpoint_version(model) == old
+
+        proc = serve()
+        deadline = time.monotonic() + 120
+        while readyz()["model_version"] == old and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert readyz()["model_version"] == checkpoint_version(model) != old
+        assert read_checkpoint_meta(model)["fine_tune"]["events"] == 10  # the same ten events, none lost
+    finally:
+        proc.kill()
+        proc.wait()
