@@ -1,11 +1,11 @@
-"""The embedded service fine-tuning itself (`llm4rec/periodic.py`): `llm4rec serve` on a copy of a
+"""The embedded service fine-tuning itself (`learner/fine_tune.py`): `llm4rec serve` on a copy of a
 temporal checkpoint, fed the stream that followed its training (the first `--events` first-time
 user-item pairs after the cut, as clicks through `POST /feedback`) so that one periodic fine-tune falls
 due. Measures how long until the fine-tuned model answers, what `/recommend` latency does while the
 child process trains beside the service (against the same probe before, as a ratio), and whether any
 request failed.
 
-    python bench/fine_tune_service.py --model runs/temporal-ml-latest-small [--events 2000] [--rate 10]
+    python bench/fine_tune_service.py --model runs/temporal-ml-latest-small [--events 6700] [--rate 10]
 
 Rewrites the `fine-tune-service` section of BENCHMARKS.md.
 """
@@ -76,7 +76,7 @@ def feed(base: str, events: list[dict[str, object]], batch: int = 100) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=ROOT / "runs/temporal-ml-latest-small")
-    p.add_argument("--events", type=int, default=2000, help="events fed; also the fine-tune's trigger")
+    p.add_argument("--events", type=int, default=6700, help="events fed; also the fine-tune's trigger")
     p.add_argument("--rate", type=float, default=10.0, help="/recommend requests per second")
     p.add_argument("--baseline-s", type=float, default=60.0)
     args = p.parse_args()

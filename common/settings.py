@@ -17,6 +17,12 @@ class MissingSettingError(ValueError):
     """A setting this process cannot run without is unset; the message names the variable."""
 
 
+class IndexSettings(BaseModel):
+    location: str = ".cache/index"  # a folder (Qdrant Edge), qdrant-local:PATH, or a Qdrant server URL
+    api_key: SecretStr | None = None
+    build_if_missing: bool = True  # embedded default: build the index from the checkpoint at first start
+
+
 class KafkaSettings(BaseModel):
     bootstrap_servers: str | None = None  # None: the in-process sink and learner (embedded default)
     topic: str = FEEDBACK_TOPIC
@@ -47,6 +53,9 @@ class ProcessSettings(BaseSettings):
     cache_dir: Path = Path(".cache/text-embeddings")
     # None: history and adapters stay in the service process (embedded default); the standalone Kafka
     # learner refuses to start without it (`require_redis_url`), it has no other way to reach the service
+    # the service without Redis: histories, event ids and adapters on disk here, so a restart forgets
+    # nothing (None: in memory only); either process: the feedback its next fine-tune will learn
+    state_dir: Path | None = Path(".cache/state")
     redis_url: str | None = None
     # users' histories in Redis: the service writes them, the Kafka learner reads the same ones
     history_prefix: str = "recsys:history:"
@@ -58,6 +67,10 @@ class ProcessSettings(BaseSettings):
     user_refresh_every: int = Field(1, ge=1, le=1000)
     # with Redis, items added after training (POST /items) as a stream: every replica and the learner read it
     items_stream: str = "recsys:items"
+    # where the deployment names the model it serves: the Kafka learner sets it after a fine-tune, and
+    # every replica loads that checkpoint from the shared model folder
+    model_key: str = "recsys:model"
+    index: IndexSettings = Field(default_factory=IndexSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     adapter: AdapterSettings = Field(default_factory=AdapterSettings)
 

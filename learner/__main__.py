@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+import anyio
 import structlog
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
@@ -20,9 +21,12 @@ from common.adapter_store import RedisAdapterStore
 from common.process import limit_malloc_arenas
 from learner.build import learner_from_settings, resume
 from learner.consumer import run
+from learner.fine_tune import PeriodicFineTune, fine_tune_folder, recover
 from learner.metrics import LearnerMetrics
 from learner.pipeline import Learner
 from learner.settings import LearnerSettings
+from retrieval.catalog import items_collection
+from retrieval.engines import make_engine
 from retrieval.history import RedisHistoryStore
 from retrieval.item_log import RedisItemLog
 
@@ -34,6 +38,7 @@ async def main(settings: LearnerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # until the loop can stop cleanly, a stop ends the process at once:
         signal.signal(sig, signal.SIG_DFL)  # nothing is in flight yet (also where SIGINT was ignored at start)
     await _wait_for_model(settings.model_dir)
+    recover(settings)  # a fine-tune cut by a kill: its model folder and its events
     metrics = LearnerMetrics()
     if settings.learner_metrics_port:
         start_http_server(settings.learner_metrics_port, registry=metrics.registry)
@@ -41,18 +46,59 @@ async def main(settings: LearnerSettings) -> None:
     store = RedisAdapterStore(redis, settings.adapter.prefix, settings.adapter.keep)
     history = RedisHistoryStore(redis, settings.history_prefix, settings.history_len)
     items = RedisItemLog(redis, settings.items_stream)
-    learner = learner_from_settings(settings, store, metrics, history, items)
-    stop = _stop_on_signals()
+    stop, new_model = _stop_on_signals(), asyncio.Event()
+    tuner = _fine_tune(settings, redis, metrics, new_model)
+    tasks = [asyncio.create_task(_set_when(stop, new_model)), *([asyncio.create_task(tuner.run())] if tuner else [])]
+    b = settings.batch
     try:
-        await _resume_when_redis_answers(learner)
-        b = settings.batch
-        await run(learner, settings.kafka, b.size, b.max_wait_ms, metrics, stop, max_batch_failures=b.max_failures)
+        while not stop.is_set():  # once per model: a fine-tune that lands restarts the loop on the new one
+            new_model.clear()  # before the build: a model landing meanwhile restarts the loop again
+            learner = await anyio.to_thread.run_sync(learner_from_settings, settings, store, metrics, history, items)
+            await _resume_when_redis_answers(learner)
+            await run(learner, settings.kafka, b.size, b.max_wait_ms, metrics, new_model,
+                      max_batch_failures=b.max_failures, on_processed=tuner.record if tuner else None)  # fmt: skip
     except asyncio.CancelledError:
         if not stop.is_set():
             raise
     finally:
+        for task in tasks:
+            task.cancel()
         await redis.aclose()
     log.info("learner_stopped")
+
+
+def _fine_tune(settings: LearnerSettings, redis: Redis, metrics: LearnerMetrics,
+               new_model: asyncio.Event) -> PeriodicFineTune | None:  # fmt: skip
+    """The periodic fine-tune of the deployment's model (when on): a landed model is named in Redis for
+    the replicas to load from the shared model folder, and this learner restarts on it. The item
+    collection of the model before the replaced one is dropped then (every replica has long moved off it)."""
+    folder = fine_tune_folder(settings)
+    if settings.fine_tune.every_events == 0 or folder is None:
+        return None
+    replaced: list[str] = []
+
+    async def name_it(old: str, new: str) -> None:
+        await redis.set(settings.model_key, new)
+        replaced.append(old)
+        if len(replaced) > 1:
+            await anyio.to_thread.run_sync(_drop_items, settings.index.location, replaced.pop(0))
+        new_model.set()
+
+    return PeriodicFineTune(settings, settings.fine_tune, folder / "children.log", name_it, metrics)
+
+
+def _drop_items(location: str, version: str) -> None:
+    engine = make_engine(location)
+    try:
+        engine.drop(items_collection(version))
+    finally:
+        engine.close()
+
+
+async def _set_when(source: asyncio.Event, target: asyncio.Event) -> None:
+    """A stop ends the consume loop as a new model does (the loop then sees the stop)."""
+    await source.wait()
+    target.set()
 
 
 def _stop_on_signals(grace_s: float = 5.0) -> asyncio.Event:

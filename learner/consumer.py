@@ -13,7 +13,7 @@ Faust's error handlers do, instead of one bad batch stalling the partition forev
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import structlog
@@ -62,9 +62,11 @@ def _log_retry(event: str) -> Callable[[RetryCallState], None]:
 
 
 async def run(learner: Learner, kafka: KafkaSettings, batch_size: int, max_wait_ms: int, metrics: LearnerMetrics,
-              stop: asyncio.Event | None = None, max_batch_failures: int = 3) -> None:  # fmt: skip
+              stop: asyncio.Event | None = None, max_batch_failures: int = 3,
+              on_processed: Callable[[list[FeedbackEvent]], Awaitable[None]] | None = None) -> None:  # fmt: skip
     """`max_batch_failures`: how many times a batch may fail with a non-transient error before its
-    events are dead-lettered (1: at the first failure, no retry)."""
+    events are dead-lettered (1: at the first failure, no retry). `on_processed`: given each learnt
+    batch before its offsets are committed (the periodic fine-tune keeps it)."""
     assert kafka.bootstrap_servers, "the Kafka learner needs RECSYS_KAFKA__BOOTSTRAP_SERVERS"
     assert max_batch_failures >= 1, "max_batch_failures counts attempts: at least 1"
     # fetch_max_wait_ms: the broker holds a fetch no longer than a batch may wait (freshness)
@@ -85,7 +87,10 @@ async def run(learner: Learner, kafka: KafkaSettings, batch_size: int, max_wait_
             if not records:
                 continue
             decoded = await _decode(records, dead, kafka.dead_letter_topic, metrics)
-            error = await _process(learner, [e for _, e in decoded], max_batch_failures)
+            events = [e for _, e in decoded]
+            error = await _process(learner, events, max_batch_failures)
+            if error is None and on_processed is not None:
+                await on_processed(events)
             if error is not None:
                 await _dead_letter(dead, kafka.dead_letter_topic, [r for r, _ in decoded], PROCESSING_FAILED, error,
                                    metrics)  # fmt: skip

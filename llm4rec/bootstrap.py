@@ -8,23 +8,17 @@ published: a start interrupted at any point finds either no model (and starts ov
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import structlog
 
-from common.process import PARENT_PID
+from learner.fine_tune import BuildFailedError, run_child
 from service.state import ServiceState
 
 log = structlog.get_logger()
-
-
-class BuildFailedError(RuntimeError):
-    pass
 
 
 async def train_and_swap(state: ServiceState, time_budget_s: float, log_path: Path,
@@ -70,22 +64,7 @@ async def train_and_swap(state: ServiceState, time_budget_s: float, log_path: Pa
         log.exception("background_swap_failed")
 
 
-async def run_step(state: ServiceState, what: str, log_path: Path, command: Sequence[str],
-                   env: Mapping[str, str] | None = None) -> None:  # fmt: skip
-    """Run `command` as a child process (`env`: variables added to this process's), its output appended
-    to `log_path`, `what` shown on /readyz meanwhile; raises BuildFailedError when it fails. A stopping
-    service stops the child."""
+async def run_step(state: ServiceState, what: str, log_path: Path, command: Sequence[str]) -> None:
+    """`learner.fine_tune.run_child`, with `what` shown on /readyz meanwhile."""
     state.serving.building = what
-    log.info("background_build_step", step=what)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, PARENT_PID: str(os.getpid()), **(env or {})}  # the child dies with this process
-    with log_path.open("ab") as out:
-        child = await asyncio.create_subprocess_exec(*command, stdout=out, stderr=asyncio.subprocess.STDOUT, env=env)
-        try:
-            code = await child.wait()
-        except asyncio.CancelledError:  # the service is stopping: the child goes with it
-            child.terminate()
-            await child.wait()
-            raise
-    if code != 0:
-        raise BuildFailedError(f"{what} exited with {code}")
+    await run_child(what, log_path, command)

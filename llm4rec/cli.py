@@ -23,10 +23,10 @@ from common.adapter import AdapterRejectedError, Manifest, decode, encode
 from common.adapter_store import RedisAdapterStore
 from common.process import limit_malloc_arenas
 from common.settings import MissingSettingError
+from learner.fine_tune import recover
 from learner.settings import LearnerSettings
 from llm4rec.bootstrap import train_and_swap
 from llm4rec.embedded import adapter_store, learn_in_process
-from llm4rec.periodic import recover
 from llm4rec.supervisor import supervise
 from models.data import RecDataset
 from recdata import CONVERTERS, DatasetError, convert, load_dataset

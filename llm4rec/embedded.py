@@ -17,12 +17,12 @@ from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 from common import local_state
 from common.adapter_store import AdapterStore, MemoryAdapterStore, RedisAdapterStore, SqliteAdapterStore
 from common.events import FeedbackEvent
-from common.process import freeze_startup_objects
+from common.process import freeze_startup_objects, refreeze
 from learner.build import learner_from_settings, resume
+from learner.fine_tune import PeriodicFineTune
 from learner.metrics import LearnerMetrics
 from learner.pipeline import Learner
 from learner.settings import LearnerSettings
-from llm4rec.periodic import PeriodicFineTune
 from service.feedback import InProcessSink
 from service.state import ServiceState
 
@@ -97,12 +97,23 @@ async def attach_learner(state: ServiceState, settings: LearnerSettings, store: 
 async def learn_in_process(state: ServiceState, settings: LearnerSettings, store: AdapterStore,
                            build_log: Path) -> EmbeddedLearner:  # fmt: skip
     """The embedded default's learning, once a trained model serves: the streaming learner, and the
-    periodic fine-tune (when on, and the service keeps local state) that re-bases it on each new model."""
+    periodic fine-tune (when on, and the service keeps local state) whose models are swapped in here."""
     embedded = EmbeddedLearner(state, settings, store)
     await embedded.attach()
     f = settings.fine_tune
     if f.every_events > 0 and state.settings.state_dir is not None:
-        tuner = PeriodicFineTune(state, f, build_log, embedded.attach, embedded.metrics)
+
+        async def swap_in(old: str, new: str) -> None:
+            await state.load_trained(replacing=True, drop_replaced=True)
+            await embedded.attach()  # the old adapter was fitted to the old model: a fresh one starts
+            await state.serving.retired()
+            refreeze()  # the replaced model and learner are garbage now
+
+        def status(step: str) -> None:
+            state.serving.building = step
+
+        tuner = PeriodicFineTune(state.settings, f, build_log, swap_in, embedded.metrics, status,
+                                 busy=lambda: bool(state.serving.building))  # fmt: skip
         assert isinstance(state.sink, InProcessSink)
         state.sink.subscribers.append(tuner.record)
         state.tasks.append(asyncio.create_task(tuner.run()))

@@ -9,13 +9,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-from common.settings import ProcessSettings
+from common.settings import IndexSettings, ProcessSettings
 
-
-class IndexSettings(BaseModel):
-    location: str = ".cache/index"  # a folder (Qdrant Edge), qdrant-local:PATH, or a Qdrant server URL
-    api_key: SecretStr | None = None
-    build_if_missing: bool = True  # embedded default: build the index from the checkpoint at first start
+__all__ = ["IndexSettings", "Settings"]  # IndexSettings: both processes read it, the service's tests build it
 
 
 class RagSettings(BaseModel):
@@ -66,16 +62,12 @@ class RerankSettings(BaseModel):
 
 
 class Settings(ProcessSettings):
-    """`ProcessSettings` (model_dir, cache_dir, redis_url, users' histories, kafka, adapter) plus the
-    service's sections."""
+    """`ProcessSettings` (model_dir, cache_dir, state_dir, redis_url, users' histories, index, kafka,
+    adapter) plus the service's sections."""
 
     torch_threads: int = Field(1, ge=1, le=64)
     production: bool = False  # refuse to start without an API key and an adapter signing key
     added_items_log: Path = Path(".cache/added-items.jsonl")  # POST /items, replayed at startup
-    # without Redis: histories, event ids and adapters on disk here, so a restart forgets nothing; None:
-    # in memory only
-    state_dir: Path | None = Path(".cache/state")
-    index: IndexSettings = Field(default_factory=IndexSettings)
     rag: RagSettings = Field(default_factory=RagSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)

@@ -52,6 +52,7 @@ from service.ratelimit import TokenBuckets
 from service.recommender import Recommender
 from service.settings import Settings
 from service.spool import Spool
+from training.checkpoint import WEIGHTS, checkpoint_version
 from training.text_embeddings import TextEncoder
 
 log = structlog.get_logger()
@@ -128,15 +129,16 @@ class ServiceState:
     def recommender(self) -> Recommender:
         return self.serving.current
 
-    async def load_trained(self, context: bool = True, replacing: bool = False) -> None:
+    async def load_trained(self, context: bool = True, replacing: bool = False, drop_replaced: bool = False) -> None:
         """Swap in the trained model (the checkpoint at `settings.model_dir` and its index; `context`:
-        with the RAG collection, when enabled). `replacing` another trained model for good (a fine-tune):
-        the context only if its collection exists, and the old item collection deleted once unused."""
+        with the RAG collection, when enabled). `replacing` another trained model (a fine-tune's): the
+        context only if its collection exists; `drop_replaced`: the old item collection is deleted once
+        no request holds it (no other replica can be serving it)."""
         current = self.recommender.c
         engine = current.engine if not current.model.cold_start else None
         build = functools.partial(build_components, self.settings, self.text, context, engine,
                                   build_context=not replacing)  # fmt: skip
-        await self._swap_in(build, replacing)
+        await self._swap_in(build, drop_replaced)
 
     async def add_context(self) -> None:
         """RAG context for the served trained model: the same bundle (model, catalogue, index engine)
@@ -229,6 +231,7 @@ async def build_state(settings: Settings, metrics: Metrics, adapter_store: Adapt
     state.tasks.append(asyncio.create_task(forwarder.run()))
     if redis is not None:  # other replicas write the same log: their items are served here too
         state.tasks.append(asyncio.create_task(_follow_items(state, cursor, settings.adapter.poll_s)))
+        state.tasks.append(asyncio.create_task(_follow_model(state, settings.adapter.poll_s)))
     if c.model.cold_start:
         state.tasks.append(asyncio.create_task(state.embed_cold_start()))
     elif settings.rag.enabled and c.context is None:
@@ -327,6 +330,32 @@ async def _follow_items(state: ServiceState, cursor: str, poll_s: float) -> None
         await asyncio.sleep(poll_s)
 
 
+async def _follow_model(state: ServiceState, poll_s: float) -> None:
+    """With Redis the deployment names the model it serves at `model_key` (the Kafka learner, after a
+    fine-tune): every `poll_s`, a replica serving another one swaps in the shared model folder's
+    checkpoint once the folder holds the named version. The old item collection is left to the learner,
+    which drops it once every replica has moved on."""
+    s = state.settings
+    assert state.redis is not None
+    checked: tuple[str, float] | None = None  # (name, weights' mtime) last found not to match: not hashed again
+    while True:
+        # asleep first: a service stopped right after its start is never cancelled inside a Redis command
+        # (redis-py can miss a cancellation there, and the stop would wait on it)
+        await asyncio.sleep(poll_s)
+        try:
+            raw = await state.redis.get(s.model_key)
+            named = raw.decode() if isinstance(raw, bytes) else raw
+            c = state.recommender.c
+            if named and named != c.model_version and not c.model.cold_start:
+                now = (named, (s.model_dir / WEIGHTS).stat().st_mtime)
+                if now != checked and await anyio.to_thread.run_sync(checkpoint_version, s.model_dir) == named:
+                    await state.load_trained(replacing=True)
+                    log.info("model_followed", model_version=named, replaced=c.model_version)
+                checked = now
+        except Exception as e:  # Redis away, a folder mid-exchange: the served model keeps serving; retried
+            log.warning("model_not_followed", error=str(e))
+
+
 async def _added_items(item_log: ItemLog) -> tuple[list[NewItem], str]:
     """Every item added since training, oldest first, and the log's cursor after them. An unreadable log
     (Redis away at start-up) serves the trained catalogue, and says so: the next model swap reads it
@@ -347,9 +376,14 @@ async def _seed(history: HistoryStore, c: Components) -> int:
         return 0
 
 
-async def _stop(task: asyncio.Task[None] | None) -> None:
+async def _stop(task: asyncio.Task[None] | None, wait_s: float = 5.0) -> None:
+    """Cancel and wait for `task`, at most `wait_s`: one that misses its cancellation (a client library
+    inside a network call) must not hold the service's stop."""
     if task is None:
         return
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+        except TimeoutError:
+            log.warning("task_not_stopped", task=task.get_name(), waited_s=wait_s)

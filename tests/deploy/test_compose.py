@@ -86,6 +86,14 @@ def test_urls_and_ports_agree_across_services() -> None:
     assert "/app/runs" in env["RECSYS_MODEL_DIR"]
 
 
+def test_the_learner_fine_tunes_into_the_folder_and_index_the_service_reads() -> None:
+    service, learner = _env("service"), _env("learner")
+    for key in ("RECSYS_MODEL_DIR", "RECSYS_INDEX__LOCATION", "RECSYS_REDIS_URL", "RECSYS_CACHE_DIR"):
+        assert service[key] == learner[key], key
+    assert "runs:/app/runs" in SERVICES["service"]["volumes"]
+    assert "runs:/app/runs" in SERVICES["learner"]["volumes"]
+
+
 def test_the_dockerfile_runs_as_non_root_with_a_health_check_and_pinned_dependencies() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert "USER llm4rec" in text

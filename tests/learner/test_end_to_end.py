@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from service.state import app_state
 from tests.conftest import REDIS_URL, SmallTrained, serve, until, with_
 from tests.kafka_mock import mock_kafka
 from tests.net import free_port
+from training.checkpoint import checkpoint_version, read_checkpoint_meta
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,3 +270,42 @@ async def test_a_learner_killed_mid_stream_loses_nothing_and_applies_nothing_twi
 
 async def _applied_at_least(store: RedisAdapterStore, n: int) -> bool:
     return len(await store.audit_log()) >= n
+
+
+async def test_the_kafka_learner_fine_tunes_and_every_replica_follows(
+    settings: Settings, checkpoint: Path, small_trained: SmallTrained, prefix: str, tmp_path: Path
+) -> None:
+    """With Kafka and Redis: the learner fine-tunes the shared model folder's checkpoint after enough
+    feedback, names the new version in Redis, and the service swaps it in from the folder."""
+    model = tmp_path / "model"
+    shutil.copytree(checkpoint, model)
+    old = checkpoint_version(model)
+    with mock_kafka() as kafka:
+        ls = _learner_settings(model, small_trained, prefix)
+        ls.kafka = KafkaSettings(bootstrap_servers=kafka.bootstrap, group_id=f"g-{prefix}")
+        env = {**os.environ, "RECSYS_MODEL_DIR": str(model), "RECSYS_CACHE_DIR": str(small_trained.cache),
+               "RECSYS_REDIS_URL": REDIS_URL, "RECSYS_ADAPTER__PREFIX": ls.adapter.prefix,
+               "RECSYS_ADAPTER__SIGNING_KEY": "sign", "RECSYS_ITEMS_STREAM": prefix + "items",
+               "RECSYS_HISTORY_PREFIX": settings.history_prefix, "RECSYS_MODEL_KEY": prefix + "model",
+               "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "RECSYS_KAFKA__GROUP_ID": f"g-{prefix}",
+               "RECSYS_STATE_DIR": str(tmp_path / "learner-state"), "RECSYS_INDEX__LOCATION": settings.index.location,
+               "RECSYS_FINE_TUNE__EVERY_EVENTS": "12", "RECSYS_FINE_TUNE__MIN_INTERVAL_S": "0",
+               "RECSYS_LEARNER_METRICS_PORT": "0"}  # fmt: skip
+        learner = subprocess.Popen([sys.executable, "-m", "learner"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            s = with_(settings, model_dir=model, kafka=ls.kafka, adapter=ls.adapter, model_key=prefix + "model")
+            async with serve(s) as (client, app):
+                r = await client.post("/feedback", json={"events": _likes("u1", range(20, 32))})
+                assert r.status_code == 202
+                state = app_state(app)
+                await until(lambda: state.recommender.c.model_version != old, timeout_s=180)
+                new = state.recommender.c.model_version
+                assert new == checkpoint_version(model) == (await redis.get(prefix + "model")).decode()
+                assert read_checkpoint_meta(model)["fine_tune"]["events"] == 12
+                r = await client.post("/recommend", json={"user_id": "u1", "k": 3, "explain": False})
+                assert r.json()["model_version"] == new
+        finally:
+            learner.terminate()
+            learner.wait(30)
+            await redis.aclose()

@@ -20,11 +20,14 @@ from service.settings import Settings
 SHARED = (
     "model_dir",
     "cache_dir",
+    "state_dir",
     "redis_url",
     "history_prefix",
     "history_len",
     "user_refresh_every",
     "items_stream",
+    "model_key",
+    "index",
     "kafka",
     "adapter",
 )

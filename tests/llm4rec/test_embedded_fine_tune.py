@@ -1,6 +1,6 @@
-"""The embedded default's periodic fine-tune: feedback is kept until a fine-tune lands, a fine-tune is
-run, indexed and swapped in by the service itself (the learner re-based on the new model, the old item
-collection deleted), a failed one keeps its events, and what a kill leaves half done is recovered."""
+"""The embedded default's periodic fine-tune: run, indexed and swapped in by the service itself (the
+learner re-based on the new model, the old item collection deleted); a failed one keeps the model and
+the events; one killed with its service leaves no child behind and loses no feedback."""
 
 from __future__ import annotations
 
@@ -20,75 +20,24 @@ import pytest
 
 from common.adapter_store import MemoryAdapterStore
 from common.events import FeedbackEvent
+from learner import fine_tune
+from learner.fine_tune import BuildFailedError, PeriodicFineTune
 from learner.settings import FineTuneSettings
-from llm4rec import periodic
-from llm4rec.bootstrap import BuildFailedError
 from llm4rec.embedded import EmbeddedLearner, learn_in_process
-from llm4rec.periodic import PENDING, PendingFeedback, exchange, recover
 from retrieval.catalog import items_collection
 from service.settings import Settings
 from service.state import app_state
 from tests.conftest import SmallTrained, serve, until, with_
 from tests.learner.test_end_to_end import _learner_settings, _likes
 from tests.net import free_port, wait_http
-from training.checkpoint import WEIGHTS, checkpoint_version, read_checkpoint_meta
+from training.checkpoint import checkpoint_version, read_checkpoint_meta
 
 pytestmark = pytest.mark.anyio
 
 
-def _events(n: int, user: str = "u1") -> list[FeedbackEvent]:
+def _likes_of(user: str, n: int) -> list[FeedbackEvent]:
     return [FeedbackEvent(event_id=uuid.uuid4().hex, user_id=user, item_id=f"m{k}", type="click")  # type: ignore[arg-type]
             for k in range(n)]  # fmt: skip
-
-
-def test_pending_feedback_survives_a_restart_and_a_failed_fine_tune_gives_it_back(tmp_path: Path) -> None:
-    pending = PendingFeedback(tmp_path)
-    pending.append(_events(3))
-    taken = pending.take("v1")
-    pending.append(_events(2, "u2"))  # arrived during the fine-tune
-    assert PendingFeedback(tmp_path).count == 2  # a restart counts what is on disk
-    pending.give_back(taken)
-    assert pending.count == 5
-    assert not taken.exists()
-    users = [FeedbackEvent.model_validate_json(line).user_id for line in (tmp_path / PENDING).read_text().splitlines()]
-    assert users == ["u1"] * 3 + ["u2"] * 2  # the older events first
-
-
-def test_a_torn_last_line_is_cut_at_start(tmp_path: Path) -> None:
-    PendingFeedback(tmp_path).append(_events(2))
-    with (tmp_path / PENDING).open("ab") as f:
-        f.write(b'{"user_id": "u1", "item_')  # a kill in the middle of an append
-    again = PendingFeedback(tmp_path)
-    assert again.count == 2
-    again.append(_events(1))
-    assert len([FeedbackEvent.model_validate_json(x) for x in (tmp_path / PENDING).read_bytes().splitlines()]) == 3
-
-
-def test_recover_gives_back_what_did_not_land_and_drops_what_did(tmp_path: Path) -> None:
-    pending = PendingFeedback(tmp_path)
-    pending.append(_events(4))
-    pending.take("served")  # killed during the fine-tune of the served model
-    pending.append(_events(1))
-    pending.take("older")  # killed after a fine-tune from "older" landed (the served model holds them)
-    pending.append(_events(2))
-    pending.recover("served")
-    assert pending.count == 6
-    assert not list(tmp_path.glob("taken-*"))
-
-
-def test_recover_puts_back_a_model_folder_cut_between_the_two_renames(checkpoint: Path, tmp_path: Path) -> None:
-    model = tmp_path / "model"
-    shutil.copytree(checkpoint, model.with_name("model.previous"))  # exchange killed after its first rename
-    recover(Settings(model_dir=model, state_dir=tmp_path / "state"))
-    assert (model / WEIGHTS).is_file()
-    assert not model.with_name("model.previous").exists()
-    new = tmp_path / "new"
-    shutil.copytree(checkpoint, new)
-    (new / "marker").write_text("new")
-    exchange(new, model)
-    assert (model / "marker").is_file()
-    assert not new.exists()
-    assert not model.with_name("model.previous").exists()
 
 
 async def test_the_service_fine_tunes_indexes_and_swaps_in_a_model_after_enough_feedback(
@@ -121,7 +70,7 @@ async def test_the_service_fine_tunes_indexes_and_swaps_in_a_model_after_enough_
         assert not model.with_name("model.partial").exists()
         assert not model.with_name("model.previous").exists()
         exposed = (await client.get("/metrics")).text
-        assert re.search(r'^recsys_learner_fine_tunes_total\{outcome="swapped_in"\} 1\.0', exposed, re.MULTILINE)
+        assert re.search(r'^recsys_learner_fine_tunes_total\{outcome="landed"\} 1\.0', exposed, re.MULTILINE)
         assert re.search(r"^recsys_learner_fine_tune_pending_events 0\.0", exposed, re.MULTILINE)
 
 
@@ -132,7 +81,7 @@ async def test_a_failed_fine_tune_keeps_the_model_and_the_events(
     async def fails(*args: object, **kwargs: object) -> None:
         raise BuildFailedError("fine-tuning exited with 1")
 
-    monkeypatch.setattr(periodic, "run_step", fails)
+    monkeypatch.setattr(fine_tune, "run_child", fails)
     model = tmp_path / "model"
     shutil.copytree(checkpoint, model)
     old = checkpoint_version(model)
@@ -142,13 +91,19 @@ async def test_a_failed_fine_tune_keeps_the_model_and_the_events(
         state = app_state(app)
         embedded = EmbeddedLearner(state, ls, store)
         await embedded.attach()
-        tuner = periodic.PeriodicFineTune(state, FineTuneSettings(every_events=5), tmp_path / "log", embedded.attach,
-                                          embedded.metrics)  # fmt: skip
-        await tuner.record(_events(5))
+        landed = []
+
+        async def land(old: str, new: str) -> None:
+            landed.append(new)
+
+        tuner = PeriodicFineTune(state.settings, FineTuneSettings(every_events=5), tmp_path / "log", land,
+                                 embedded.metrics)  # fmt: skip
+        await tuner.record(_likes_of("u1", 5))
         assert tuner.due.is_set()
         assert not await tuner.fine_tune()
         assert tuner.pending.count == 5
         assert state.recommender.c.model_version == old == checkpoint_version(model)
+        assert landed == []
 
 
 def _processes_reading(path: Path) -> list[int]:
