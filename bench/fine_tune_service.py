@@ -96,10 +96,11 @@ def main() -> None:
         serve = subprocess.Popen([sys.executable, "-m", "llm4rec", "serve", "--port", str(port)], cwd=ROOT, env=env,
                                  stdout=log, stderr=log)  # fmt: skip
         try:
-            wait_http(f"{base}/readyz", timeout_s=900, ok=200)
-            while httpx.get(f"{base}/readyz").json()["building"]:  # the RAG context, embedded at first start
+            wait_http(f"{base}/readyz", timeout_s=900, ok=300)
+            # the RAG context, embedded at first start (the service answers slowly meanwhile: not measured here)
+            while httpx.get(f"{base}/readyz", timeout=120).json()["building"]:
                 time.sleep(1)
-            old = httpx.get(f"{base}/readyz").json()["model_version"]
+            old = httpx.get(f"{base}/readyz", timeout=120).json()["model_version"]
             probe = Probe(base, users, args.rate)
             probe.start()
             time.sleep(args.baseline_s)
