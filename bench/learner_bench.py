@@ -101,12 +101,12 @@ class _TimedUserModel:
         return out
 
 
-def _rates(model: Path, stream: list[list[FeedbackEvent]],
-           arms: list[dict[str, float | bool]]) -> list[tuple[float, float]]:  # fmt: skip
-    """Events/s of each arm's learner on the same batches, and the share of its time spent encoding
-    users; the timed batches are interleaved so that a change in the machine's load falls on every
-    arm alike."""
-    learners = [_learner(model, **online) for online in arms]
+def _rates(model: Path, stream: list[list[FeedbackEvent]], arms: list[dict[str, float | bool]],
+           guards: list[GuardSettings | None] | None = None) -> list[tuple[float, float]]:  # fmt: skip
+    """Events/s of each arm's learner on the same batches (`guards`: each one's guardrail, default
+    none), and the share of its time spent encoding users; the timed batches are interleaved so that a
+    change in the machine's load falls on every arm alike."""
+    learners = [_learner(model, g, **online) for online, g in zip(arms, guards or [None] * len(arms), strict=True)]
     for b in stream[:WARM]:  # warm-up: fills the per-user vector cache, as a running learner has
         for learner in learners:
             asyncio.run(learner.process(b))
@@ -131,10 +131,14 @@ def throughput(model: Path, batches: int = 20, size: int = 256) -> str:
     stream = [[FeedbackEvent(user_id=users[int(u)], item_id=items[int(i)], type="click")  # type: ignore[arg-type]
                for u, i in zip(rng.integers(len(users), size=size), rng.integers(len(items), size=size), strict=True)]
               for _ in range(batches + WARM)]  # fmt: skip
-    (old, _), (rate, encoding) = _rates(model, stream, [ARMS["adapter alone (the old learner)"], {}])
+    (old, _), (rate, encoding), (guarded, _) = _rates(model, stream, [ARMS["adapter alone (the old learner)"], {}, {}],
+                                                      [None, None, GuardSettings()])  # fmt: skip
     return (f"### Throughput\n\n{rate:,.0f} events/s on one core with the learner's defaults, against {old:,.0f} for "
             f"the adapter alone in the same run ({rate / old:.2f}x, batches interleaved); {encoding:.0%} of the "
-            f"defaults' time went to encoding users. {batches} micro-batches of {size} random clicks on "
+            f"defaults' time went to encoding users. With the production guardrail on (one event in "
+            f"{GuardSettings().holdout_every} held out, up to {GuardSettings().holdout_size} of them scored against "
+            f"the full catalogue under both adapters at every batch): {guarded:,.0f} events/s "
+            f"({guarded / rate:.2f}x). {batches} micro-batches of {size} random clicks on "
             f"`{model.name}` ({ck.data.name}, {ck.data.num_items:,} items) after {WARM} warm-up batches, one torch "
             "thread, sampled softmax (1,024 negatives), each batch published: encode, sign, store; users encoded as "
             f"the service encodes them ({_refresh_policy(USER_REFRESH_EVERY)}). Machine: {machine()}.\n")  # fmt: skip

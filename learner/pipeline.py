@@ -85,7 +85,9 @@ class Learner:
         self.item_log, self.content, self._log_cursor = item_log, content, START
         self.histories = {u: list(h)[-history_cap:] for u, h in histories.items()}
         self.history_store = history_store
-        self.holdout: deque[Example] = deque(maxlen=guard.holdout_size)
+        # held-out examples with their frozen user vectors, encoded once: the model never changes under
+        # a learner, and the guard scores every one of them twice per batch
+        self.holdout: deque[tuple[Example, torch.Tensor]] = deque(maxlen=guard.holdout_size)
         self.published_adapter = copy.deepcopy(trainer.adapter)  # what the service serves: the guardrail's baseline
         self.version = 0
         self.events_seen = 0
@@ -191,7 +193,8 @@ class Learner:
     async def _update(self, events: Sequence[FeedbackEvent], dupes: int) -> Outcome:
         train, held, grown, unknown = self._examples(events, await self._histories_before(events))
         snap = self.trainer.snapshot()
-        holdout = deque([*self.holdout, *held], maxlen=self.holdout.maxlen)  # joins the learner on commit
+        encoded = await anyio.to_thread.run_sync(self._encoded, held)
+        holdout = deque([*self.holdout, *encoded], maxlen=self.holdout.maxlen)  # joins the learner on commit
         try:
             if train:
                 self._record(await anyio.to_thread.run_sync(self.trainer.step, train))
@@ -227,11 +230,19 @@ class Learner:
         self.metrics.updated_fraction.set(stats.updated_fraction)
         self.metrics.lr.set(stats.lr)
 
-    def _passes_guard(self, held: list[Example]) -> bool:
+    def _encoded(self, held: list[Example]) -> list[tuple[Example, torch.Tensor]]:
         if not held:
+            return []
+        # no user ids: each example's own (older) window, kept out of the users' vector cache
+        base = self.trainer.base_users([e.history for e in held])
+        return list(zip(held, base, strict=True))
+
+    def _passes_guard(self, pairs: list[tuple[Example, torch.Tensor]]) -> bool:
+        if not pairs:
             return True
-        candidate = self.trainer.evaluate(held)
-        current = self.trainer.evaluate(held, self.published_adapter)
+        held, base = [e for e, _ in pairs], torch.stack([b for _, b in pairs])
+        candidate = self.trainer.evaluate(held, base=base)
+        current = self.trainer.evaluate(held, self.published_adapter, base=base)
         self.metrics.holdout_loss.set(min(candidate, current))
         passes = candidate <= current + self.guard.margin * abs(current)
         if not passes:

@@ -92,6 +92,9 @@ class _Rows:
     delta: torch.Tensor
 
 
+_Losses = tuple[torch.Tensor, torch.Tensor, torch.Tensor, _Rows]  # per-example loss, entropy, user vectors, rows
+
+
 @dataclass(frozen=True)
 class Snapshot:
     adapter: dict[str, torch.Tensor]
@@ -177,23 +180,26 @@ class OnlineTrainer:
         """(B, D) the frozen user model over each history; with `users`, under the service's cache policy."""
         return self.users(list(users) or [""] * len(histories), histories)
 
-    def losses(self, batch: Sequence[Example], full: bool = False,
-               adapter: ServingAdapter | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def losses(self, batch: Sequence[Example], full: bool = False, adapter: ServingAdapter | None = None,
+               base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Per-example loss (B,) and the batch's mean predictive entropy (normalised to [0, 1]).
 
         Training steps use a sampled softmax (the targets against `negatives` items drawn uniformly,
         with the logQ correction; Bengio & Senecal 2008): the full catalogue is most of a step's cost.
-        `full` scores every item (the guardrail's exact yardstick); `adapter` defaults to the trained one."""
-        per, entropy, _, _ = self._losses(batch, full, adapter)
+        `full` scores every item (the guardrail's exact yardstick); `adapter` defaults to the trained one;
+        `base`: the examples' frozen user vectors (B, D) when known (`base_users`), else encoded here."""
+        per, entropy, _, _ = self._losses(batch, full, adapter, base=base)
         return per, entropy
 
-    def _losses(self, batch: Sequence[Example], full: bool, adapter: ServingAdapter | None,
-                leaf: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, _Rows]:  # fmt: skip
+    def _losses(self, batch: Sequence[Example], full: bool, adapter: ServingAdapter | None, leaf: bool = False,
+                base: torch.Tensor | None = None) -> _Losses:  # fmt: skip
         """`losses`, the adapted user vectors (B, D) they were computed from, and the item rows the
         logits covered. `leaf`: those rows' corrections are a fresh leaf tensor (what a step takes the
         gradient of: the rows the softmax did not cover have none, and are never materialised)."""
         a = adapter or self.adapter
-        u = a.user(self.base_users([e.history for e in batch], [e.user for e in batch]))  # (B, D)
+        if base is None:
+            base = self.base_users([e.history for e in batch], [e.user for e in batch])
+        u = a.user(base)  # (B, D)
         idx = torch.tensor([e.item for e in batch])
         rows = torch.arange(len(batch))
         N, K = self.items.shape[0], self.config.negatives
@@ -334,12 +340,13 @@ class OnlineTrainer:
             counts = torch.zeros(self.items.shape[0]) if item_counts is None else torch.from_numpy(item_counts).float()
             self.fisher["item_delta"] = counts.unsqueeze(1) * (target_term / max(n, 1))
 
-    def evaluate(self, batch: Sequence[Example], adapter: ServingAdapter | None = None) -> float:
-        """Mean loss without updating (the publishing guardrail's yardstick)."""
+    def evaluate(self, batch: Sequence[Example], adapter: ServingAdapter | None = None,
+                 base: torch.Tensor | None = None) -> float:  # fmt: skip
+        """Mean loss without updating (the publishing guardrail's yardstick; `base` as in `losses`)."""
         if not batch:
             return 0.0
         with torch.no_grad():
-            per, _ = self.losses(batch, full=True, adapter=adapter)
+            per, _ = self.losses(batch, full=True, adapter=adapter, base=base)
         return float(per.mean())
 
     def snapshot(self) -> Snapshot:
