@@ -55,6 +55,8 @@ async def main(settings: LearnerSettings) -> None:
             new_model.clear()  # before the build: a model landing meanwhile restarts the loop again
             learner = await anyio.to_thread.run_sync(learner_from_settings, settings, store, metrics, history, items)
             await _resume_when_redis_answers(learner)
+            if tuner is not None:  # a kill between a fine-tune's exchange and its naming left the name behind
+                await redis.set(settings.model_key, learner.base_model)
             await run(learner, settings.kafka, b.size, b.max_wait_ms, metrics, new_model,
                       max_batch_failures=b.max_failures, on_processed=tuner.record if tuner else None)  # fmt: skip
     except asyncio.CancelledError:
