@@ -75,7 +75,7 @@ class Stack:
         self.env = {**os.environ, "RECSYS_MODEL_DIR": str(model), "RECSYS_CACHE_DIR": str(CACHE),
                     "RECSYS_INDEX__LOCATION": str(ROOT / ".cache/index"), "RECSYS_REDIS_URL": redis_url,
                     "RECSYS_HISTORY_PREFIX": self.prefix + "h:", "RECSYS_FEEDBACK__DEDUPE_PREFIX": self.prefix + "e:",
-                    "RECSYS_ITEMS_STREAM": self.prefix + "items",
+                    "RECSYS_ITEMS_STREAM": self.prefix + "items", "RECSYS_MODEL_KEY": self.prefix + "model",
                     "RECSYS_FEEDBACK__SPOOL_DIR": str(self.spool),
                     "RECSYS_STATE_DIR": str(self.spool) + "-state", "RECSYS_FEEDBACK__ACK_WAIT_S": "0.2",
                     "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "RECSYS_KAFKA__GROUP_ID": self.prefix,

@@ -160,6 +160,7 @@ async def prefix() -> AsyncIterator[str]:
 def settings(checkpoint: Path, small_trained: SmallTrained, tmp_path: Path, prefix: str) -> Settings:
     return Settings(
         model_dir=checkpoint, cache_dir=small_trained.cache, redis_url=REDIS_URL, history_prefix=prefix + "history:",
+        model_key=prefix + "model",
         index=IndexSettings(location=str(tmp_path / "index")),
         feedback=FeedbackSettings(spool_dir=tmp_path / "spool", dedupe_prefix=prefix + "event:"),
         added_items_log=tmp_path / "added-items.jsonl", state_dir=tmp_path / "state", items_stream=prefix + "items",

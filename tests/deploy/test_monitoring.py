@@ -77,6 +77,7 @@ def stack(
                "RECSYS_FEEDBACK__DEDUPE_PREFIX": prefix + "event:", "RECSYS_ITEMS_STREAM": prefix + "items",
                "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"),
                "RECSYS_STATE_DIR": str(tmp_path / "state"), "RECSYS_INDEX__LOCATION": str(tmp_path / "index"),
+               "RECSYS_MODEL_KEY": prefix + "model",
                "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
                "RECSYS_KAFKA__GROUP_ID": prefix, "RECSYS_ADAPTER__PREFIX": prefix + "adapter:",
                "RECSYS_ADAPTER__SIGNING_KEY": "sign", "RECSYS_EXPLAIN__BACKEND": "openai",

@@ -226,7 +226,7 @@ async def _pings(url: str) -> bool:
 
 
 async def test_a_learner_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
-    checkpoint: Path, small_trained: SmallTrained, prefix: str
+    checkpoint: Path, small_trained: SmallTrained, prefix: str, tmp_path: Path
 ) -> None:
     n = 1500
     events = [FeedbackEvent(user_id=f"u{i % 60}", item_id=f"m{(i * 7) % 40}", type="click",  # type: ignore[arg-type]
@@ -243,6 +243,7 @@ async def test_a_learner_killed_mid_stream_loses_nothing_and_applies_nothing_twi
                "RECSYS_ITEMS_STREAM": prefix + "items",
                "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "RECSYS_KAFKA__GROUP_ID": f"g-{prefix}",
                "RECSYS_BATCH__SIZE": "50", "RECSYS_GUARD__HOLDOUT_EVERY": "0",
+               "RECSYS_STATE_DIR": str(tmp_path / "state"), "RECSYS_MODEL_KEY": prefix + "model",
                "RECSYS_LEARNER_METRICS_PORT": "0"}  # fmt: skip
         redis = Redis.from_url(REDIS_URL)
         store = RedisAdapterStore(redis, prefix + "adapter:")

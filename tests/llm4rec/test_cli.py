@@ -191,7 +191,7 @@ def test_up_runs_service_and_learner_processes_against_kafka_and_redis(
         env = {**os.environ, "RECSYS_MODEL_DIR": str(checkpoint), "RECSYS_CACHE_DIR": str(small_trained.cache),
                "RECSYS_REDIS_URL": "redis://127.0.0.1:6379/0", "RECSYS_HISTORY_PREFIX": prefix + "h:",
                "RECSYS_ADAPTER__PREFIX": prefix + "a:", "RECSYS_FEEDBACK__DEDUPE_PREFIX": prefix + "e:",
-               "RECSYS_ITEMS_STREAM": prefix + "items",
+               "RECSYS_ITEMS_STREAM": prefix + "items", "RECSYS_MODEL_KEY": prefix + "model",
                "RECSYS_FEEDBACK__SPOOL_DIR": str(tmp_path / "spool"),
                "RECSYS_STATE_DIR": str(tmp_path / "state"), "RECSYS_INDEX__LOCATION": str(tmp_path / "ix"),
                "RECSYS_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap, "RECSYS_KAFKA__GROUP_ID": prefix,
