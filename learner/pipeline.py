@@ -14,7 +14,7 @@ import hashlib
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 import numpy as np
@@ -85,9 +85,7 @@ class Learner:
         self.item_log, self.content, self._log_cursor = item_log, content, START
         self.histories = {u: list(h)[-history_cap:] for u, h in histories.items()}
         self.history_store = history_store
-        # held-out examples with their frozen user vectors, encoded once: the model never changes under
-        # a learner, and the guard scores every one of them twice per batch
-        self.holdout: deque[tuple[Example, torch.Tensor]] = deque(maxlen=guard.holdout_size)
+        self.holdout: deque[Held] = deque(maxlen=guard.holdout_size)
         self.published_adapter = copy.deepcopy(trainer.adapter)  # what the service serves: the guardrail's baseline
         self.version = 0
         self.events_seen = 0
@@ -127,6 +125,7 @@ class Learner:
             vectors = await anyio.to_thread.run_sync(self.content, new)
             self.trainer.add_items(vectors)
             self.published_adapter.grow(len(new))
+            self._forget_published_losses()  # a larger catalogue: every full-softmax loss changes
             for it in new:
                 self.item_index[it.item_id] = len(self.item_ids)
                 self.item_ids.append(it.item_id)
@@ -150,6 +149,10 @@ class Learner:
                         reason="items not in the item log")  # fmt: skip
         self.trainer.load(out)
         self.published_adapter.load_tensors(out)
+        self._forget_published_losses()
+
+    def _forget_published_losses(self) -> None:
+        self.holdout = deque((replace(h, published=None) for h in self.holdout), maxlen=self.holdout.maxlen)
 
     async def _histories_before(self, events: Sequence[FeedbackEvent]) -> Mapping[str, Sequence[int]]:
         """Each user's history before the batch. The shared store already holds the batch's positives
@@ -200,7 +203,9 @@ class Learner:
                 self._record(await anyio.to_thread.run_sync(self.trainer.step, train))
             self.trainer.observe(*_positives(events, self.item_index))
             ids = [e.event_id for e in events]
-            if await anyio.to_thread.run_sync(self._passes_guard, list(holdout)):
+            passes, scored = await anyio.to_thread.run_sync(self._guard, list(holdout))
+            holdout = deque(scored, maxlen=self.holdout.maxlen)
+            if passes:
                 version: int | None = await self._publish(ids)
                 rejected = False
             else:
@@ -230,25 +235,31 @@ class Learner:
         self.metrics.updated_fraction.set(stats.updated_fraction)
         self.metrics.lr.set(stats.lr)
 
-    def _encoded(self, held: list[Example]) -> list[tuple[Example, torch.Tensor]]:
+    def _encoded(self, held: list[Example]) -> list[Held]:
         if not held:
             return []
         # no user ids: each example's own (older) window, kept out of the users' vector cache
         base = self.trainer.base_users([e.history for e in held])
-        return list(zip(held, base, strict=True))
+        return [Held(e, b) for e, b in zip(held, base, strict=True)]
 
-    def _passes_guard(self, pairs: list[tuple[Example, torch.Tensor]]) -> bool:
-        if not pairs:
-            return True
-        held, base = [e for e, _ in pairs], torch.stack([b for _, b in pairs])
-        candidate = self.trainer.evaluate(held, base=base)
-        current = self.trainer.evaluate(held, self.published_adapter, base=base)
-        self.metrics.holdout_loss.set(min(candidate, current))
-        passes = candidate <= current + self.guard.margin * abs(current)
+    def _guard(self, entries: list[Held]) -> tuple[bool, list[Held]]:
+        """Whether the trained adapter may be published (its hold-out loss no worse than the published
+        one's by more than the margin), and the entries with their losses under what will be served."""
+        if not entries:
+            return True, entries
+        held, base = [h.example for h in entries], torch.stack([h.base for h in entries])
+        candidate = self.trainer.full_losses(held, base=base)
+        published = torch.tensor([np.nan if h.published is None else h.published for h in entries])
+        if todo := [j for j, h in enumerate(entries) if h.published is None]:
+            published[todo] = self.trainer.full_losses([held[j] for j in todo], self.published_adapter, base[todo])
+        new, current = float(candidate.mean()), float(published.mean())
+        self.metrics.holdout_loss.set(min(new, current))
+        passes = new <= current + self.guard.margin * abs(current)
         if not passes:
-            log.warning("update_refused_by_guardrail", holdout_loss=round(candidate, 5),
-                        published_loss=round(current, 5), margin=self.guard.margin, holdout=len(held))  # fmt: skip
-        return passes
+            log.warning("update_refused_by_guardrail", holdout_loss=round(new, 5), published_loss=round(current, 5),
+                        margin=self.guard.margin, holdout=len(held))  # fmt: skip
+        served = candidate if passes else published
+        return passes, [replace(h, published=float(x)) for h, x in zip(entries, served, strict=True)]
 
     async def _publish(self, event_ids: list[str]) -> int:
         version = max(self.version, await self.store.current()) + 1
@@ -263,6 +274,18 @@ class Learner:
         self.metrics.version.set(version)
         log.info("adapter_published", version=version, events=len(event_ids))
         return version
+
+
+@dataclass(frozen=True)
+class Held:
+    """A held-out example with its frozen user vector (encoded once: the model never changes under a
+    learner) and its loss under the published adapter (None: not scored since that adapter last changed
+    otherwise than by a publish the guard passed). The guard scores every entry under both adapters at
+    every batch; what it already knows it does not score again."""
+
+    example: Example
+    base: torch.Tensor  # (D,)
+    published: float | None = None
 
 
 def _positives(events: Sequence[FeedbackEvent], index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:

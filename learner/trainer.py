@@ -343,11 +343,14 @@ class OnlineTrainer:
     def evaluate(self, batch: Sequence[Example], adapter: ServingAdapter | None = None,
                  base: torch.Tensor | None = None) -> float:  # fmt: skip
         """Mean loss without updating (the publishing guardrail's yardstick; `base` as in `losses`)."""
-        if not batch:
-            return 0.0
+        return float(self.full_losses(batch, adapter, base).mean()) if batch else 0.0
+
+    def full_losses(self, batch: Sequence[Example], adapter: ServingAdapter | None = None,
+                    base: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """(B,) each example's loss against the full catalogue, without updating; one example's loss does
+        not depend on the others in the batch."""
         with torch.no_grad():
-            per, _ = self.losses(batch, full=True, adapter=adapter, base=base)
-        return float(per.mean())
+            return self.losses(batch, full=True, adapter=adapter, base=base)[0]
 
     def snapshot(self) -> Snapshot:
         """Everything a step or an observation changes, to undo them when their publish fails."""

@@ -124,3 +124,27 @@ async def test_with_the_services_history_store_the_learner_trains_on_the_histori
     restarted.history_store = history
     later = [e.model_copy(update={"timestamp": 1_700_000_100}) for e in _likes("newcomer", [22])]
     assert len((await restarted._histories_before(later))["newcomer"]) == 5
+
+
+async def test_the_guard_s_remembered_losses_are_what_the_published_adapter_scores(
+    checkpoint: Path, small_trained: SmallTrained
+) -> None:
+    """The guard keeps each held-out example's loss under the published adapter instead of scoring it
+    again at every batch: after accepted and refused updates alike, those losses are the published
+    adapter's own, to float precision."""
+    store = MemoryAdapterStore()
+    learner = _learner(checkpoint, small_trained, store, GuardSettings(holdout_every=2, margin=0.0), lr=5.0)
+    rng = np.random.default_rng(0)
+    outcomes = []
+    for _ in range(6):
+        users = [f"u{u}" for u in rng.integers(1, 60, size=24)]
+        events = [e for u in users for e in _likes(u, [int(rng.integers(0, 40))])]
+        outcomes.append((await learner.process(events)).rejected)
+        held = list(learner.holdout)
+        assert all(h.published is not None for h in held)
+        examples = [h.example for h in held]
+        fresh = learner.trainer.full_losses(examples, learner.published_adapter)  # encoded again, uncached
+        np.testing.assert_allclose([h.published for h in held], fresh.numpy(), rtol=1e-5, atol=1e-6)
+    assert len(learner.holdout) > 10
+    assert any(outcomes)  # a refused update ...
+    assert not all(outcomes)  # ... and an accepted one: both paths were taken
