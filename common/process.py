@@ -20,10 +20,16 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     soak; flat with 2 arenas, RELIABILITY.md). MALLOC_ARENA_MAX in the environment wins when set."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return
+    _libc_call("mallopt", M_ARENA_MAX, arenas)
+
+
+def _libc_call(name: str, *args: int) -> None:
+    """Call a C library function where the C library has it (musl lacks mallopt, macOS prctl): elsewhere
+    nothing to tune."""
     libc = ctypes.util.find_library("c")
     if libc:
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-            ctypes.CDLL(libc).mallopt(M_ARENA_MAX, arenas)
+        with contextlib.suppress(OSError, AttributeError):
+            getattr(ctypes.CDLL(libc), name)(*args)
 
 
 def die_with_parent() -> None:
@@ -32,11 +38,9 @@ def die_with_parent() -> None:
     (Linux; elsewhere nothing). Set here, in the child, rather than in a preexec_fn, which is unsafe in a
     process with threads."""
     parent = os.environ.pop(PARENT_PID, None)  # not inherited by this child's own children
-    libc = ctypes.util.find_library("c")
-    if parent is None or not libc:
+    if parent is None:
         return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(libc).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _libc_call("prctl", PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != int(parent):  # the parent died before the kernel was told
         os._exit(1)
 

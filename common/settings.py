@@ -51,11 +51,11 @@ class ProcessSettings(BaseSettings):
 
     model_dir: Path = Path("runs/llm4rec")
     cache_dir: Path = Path(".cache/text-embeddings")
-    # None: history and adapters stay in the service process (embedded default); the standalone Kafka
-    # learner refuses to start without it (`require_redis_url`), it has no other way to reach the service
     # the service without Redis: histories, event ids and adapters on disk here, so a restart forgets
     # nothing (None: in memory only); either process: the feedback its next fine-tune will learn
     state_dir: Path | None = Path(".cache/state")
+    # None: history and adapters stay in the service process (embedded default); the standalone Kafka
+    # learner refuses to start without it (`require_redis_url`), it has no other way to reach the service
     redis_url: str | None = None
     # users' histories in Redis: the service writes them, the Kafka learner reads the same ones
     history_prefix: str = "recsys:history:"

@@ -39,7 +39,7 @@ class GuardConfig:
     """The hold-out guardrail. Defaults and bounds: `learner.settings.GuardSettings.to_config()`."""
 
     holdout_every: int  # one event in N (by event id hash) is held out, never trained on; 0: no guardrail
-    holdout_size: int  # each check scores these against the full catalogue twice
+    holdout_size: int  # each check scores these against the full catalogue (`Held`)
     margin: float  # refuse an update whose hold-out loss is worse by more than this fraction
 
 
@@ -197,14 +197,13 @@ class Learner:
         train, held, grown, unknown = self._examples(events, await self._histories_before(events))
         snap = self.trainer.snapshot()
         encoded = await anyio.to_thread.run_sync(self._encoded, held)
-        holdout = deque([*self.holdout, *encoded], maxlen=self.holdout.maxlen)  # joins the learner on commit
+        entries = [*self.holdout, *encoded][-self.guard.holdout_size :]  # join the learner on commit
         try:
             if train:
                 self._record(await anyio.to_thread.run_sync(self.trainer.step, train))
             self.trainer.observe(*_positives(events, self.item_index))
             ids = [e.event_id for e in events]
-            passes, scored = await anyio.to_thread.run_sync(self._guard, list(holdout))
-            holdout = deque(scored, maxlen=self.holdout.maxlen)
+            passes, scored = await anyio.to_thread.run_sync(self._guard, entries)
             if passes:
                 version: int | None = await self._publish(ids)
                 rejected = False
@@ -219,7 +218,7 @@ class Learner:
             raise
         if self.history_store is None:
             self.histories.update(grown)
-        self.holdout = holdout
+        self.holdout = deque(scored, maxlen=self.holdout.maxlen)
         self.events_seen += len(events)
         for kind, n in Counter(e.type.value for e in events).items():
             self.metrics.events.labels(kind).inc(n)

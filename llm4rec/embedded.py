@@ -89,11 +89,6 @@ class EmbeddedLearner:
             self.inbox.done(last)
 
 
-async def attach_learner(state: ServiceState, settings: LearnerSettings, store: AdapterStore) -> Learner:
-    """Build a learner for the served (trained) model and subscribe it to the in-process sink."""
-    return await EmbeddedLearner(state, settings, store).attach()
-
-
 async def learn_in_process(state: ServiceState, settings: LearnerSettings, store: AdapterStore,
                            build_log: Path) -> EmbeddedLearner:  # fmt: skip
     """The embedded default's learning, once a trained model serves: the streaming learner, and the

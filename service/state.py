@@ -88,7 +88,7 @@ class Serving:
 
     async def close(self) -> None:
         await _stop(self._watcher_task)
-        await asyncio.gather(*self._retiring)
+        await self.retired()
         await _retire(self.current, close_engine=True)
 
 

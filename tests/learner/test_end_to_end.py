@@ -28,7 +28,7 @@ from learner.build import learner_from_settings
 from learner.consumer import run as run_learner
 from learner.metrics import LearnerMetrics
 from learner.settings import GuardSettings, LearnerSettings
-from llm4rec.embedded import attach_learner
+from llm4rec.embedded import EmbeddedLearner
 from service.settings import Settings
 from service.state import app_state
 from tests.conftest import REDIS_URL, SmallTrained, serve, until, with_
@@ -63,7 +63,7 @@ async def test_embedded_learner_serves_a_new_adapter_after_feedback(
     ls = _learner_settings(checkpoint, small_trained, prefix)
     s = with_(settings, redis_url=None, adapter=ls.adapter)
     async with serve(s, store) as (client, app):
-        await attach_learner(app_state(app), ls, store)
+        await EmbeddedLearner(app_state(app), ls, store).attach()
         assert await _adapter_version(client) == 0
         r = await client.post("/feedback", json={"events": _likes("u1", range(20, 32))})
         assert r.status_code == 202

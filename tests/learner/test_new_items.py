@@ -123,7 +123,7 @@ def test_a_service_places_the_added_rows_by_id_whatever_order_it_added_them_in()
 async def test_posted_items_reach_the_embedded_learner_and_their_learnt_rows_are_indexed(
     settings: Settings, checkpoint: Path, small_trained: SmallTrained, tmp_path: Path
 ) -> None:
-    from llm4rec.embedded import attach_learner
+    from llm4rec.embedded import EmbeddedLearner
     from tests.learner.test_end_to_end import _learner_settings
 
     store = MemoryAdapterStore()
@@ -131,7 +131,7 @@ async def test_posted_items_reach_the_embedded_learner_and_their_learnt_rows_are
     s = with_(settings, redis_url=None, adapter=ls.adapter.model_copy(update={"poll_s": 0.2}))
     async with serve(s, store) as (client, app):
         state = app_state(app)
-        learner = await attach_learner(state, ls, store)
+        learner = await EmbeddedLearner(state, ls, store).attach()
         body = {"items": [{"item_id": it.item_id, "title": it.title, "categories": list(it.categories),
                            "text": it.text} for it in NEW]}  # fmt: skip
         assert (await client.post("/items", json=body)).status_code == 200

@@ -12,7 +12,7 @@ import pytest
 from common import local_state
 from common.adapter_store import MemoryAdapterStore
 from common.events import FeedbackEvent
-from llm4rec.embedded import Inbox, _learn_with_retries, attach_learner
+from llm4rec.embedded import EmbeddedLearner, Inbox, _learn_with_retries
 from service.settings import Settings
 from service.state import app_state
 from tests.conftest import SmallTrained, serve, until, with_
@@ -69,7 +69,7 @@ async def test_events_a_killed_service_handed_over_are_learnt_at_the_next_start(
     store = MemoryAdapterStore()
     ls = _learner_settings(checkpoint, small_trained, "x:")
     async with serve(with_(settings, redis_url=None, adapter=ls.adapter), store) as (_, app):
-        learner = await attach_learner(app_state(app), ls, store)
+        learner = await EmbeddedLearner(app_state(app), ls, store).attach()
         await until(lambda: learner.version >= 1, 20)
         assert all(await store.applied([e.event_id for e in events]))
         assert Inbox(local_state.connect(settings.state_dir)).peek(1)[1] == []
