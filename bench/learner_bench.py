@@ -4,8 +4,9 @@ and freshness (feedback -> served adapter) through the real service, Kafka proto
     python bench/learner_bench.py --model runs/llm4rec --temporal-model runs/llm4rec-temporal
         [--sections throughput,prequential,forgetting,freshness] [--arms ARM,...]
 
-- throughput: `Learner.process` on micro-batches of 256 events (one torch thread), publishing each
-  batch's adapter to an in-process store (encode and sign included).
+- throughput: `Learner.process` on full micro-batches of the default size (one torch thread), publishing
+  each batch's adapter to an in-process store (encode and sign included); random clicks, and the same
+  clicks carrying the user vector the service served (`ServedUser`).
 - prequential (recommend, then learn): a model trained on the first 80% of a dataset by time
   (`--temporal-model`, any dataset); the remaining interactions (first-time user-item pairs) stream in
   time order in batches of 64; each event is first scored (rank of its item among the listed items the
@@ -52,13 +53,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.kafka_mock: the mock Kafka cluster in a child process
 
 from common.adapter_store import MemoryAdapterStore  # noqa: E402
-from common.events import FeedbackEvent  # noqa: E402
+from common.events import FeedbackEvent, ServedUser  # noqa: E402
 from common.settings import AdapterSettings  # noqa: E402
 from learner.build import DAY_S, build_learner  # noqa: E402
 from learner.metrics import LearnerMetrics  # noqa: E402
 from learner.pipeline import Learner  # noqa: E402
 from learner.popularity import DecayedPopularity  # noqa: E402
-from learner.settings import GuardSettings, LearnerSettings, OnlineSettings  # noqa: E402
+from learner.settings import BatchSettings, GuardSettings, LearnerSettings, OnlineSettings  # noqa: E402
 from models.data import Interactions  # noqa: E402
 from models.scoring import PAD  # noqa: E402
 from models.sequences import window_batches  # noqa: E402
@@ -74,7 +75,6 @@ from training.finetune import fine_tune, merged  # noqa: E402
 CACHE = ROOT / ".cache/text-embeddings"
 RESULTS = ROOT / ".cache/prequential"  # per-event results of each arm, by checkpoint version and stream
 USER_REFRESH_EVERY = LearnerSettings.model_fields["user_refresh_every"].default
-WARM = 20
 
 
 def _learner(model: Path, guard: GuardSettings | None = None, user_refresh_every: int = USER_REFRESH_EVERY,
@@ -101,48 +101,81 @@ class _TimedUserModel:
         return out
 
 
-def _rates(model: Path, stream: list[list[FeedbackEvent]], arms: list[dict[str, float | bool]],
-           guards: list[GuardSettings | None] | None = None) -> list[tuple[float, float]]:  # fmt: skip
-    """Events/s of each arm's learner on the same batches (`guards`: each one's guardrail, default
-    none), and the share of its time spent encoding users; the timed batches are interleaved so that a
-    change in the machine's load falls on every arm alike."""
-    learners = [_learner(model, g, **online) for online, g in zip(arms, guards or [None] * len(arms), strict=True)]
-    for b in stream[:WARM]:  # warm-up: fills the per-user vector cache, as a running learner has
-        for learner in learners:
-            asyncio.run(learner.process(b))
+def _rates(model: Path, runs: list[tuple[dict[str, float | bool], GuardSettings | None, list[list[FeedbackEvent]]]],
+           warm: int) -> list[tuple[float, float]]:  # fmt: skip
+    """Events/s of each run's learner (its online settings, guardrail and batches), and the share of its
+    time spent encoding users; after `warm` warm-up batches (they fill the per-user vector cache, as a
+    running learner has), the timed batches are interleaved so that a change in the machine's load
+    falls on every run alike."""
+    learners = [_learner(model, g, **online) for online, g, _ in runs]
+    for j in range(warm):
+        for learner, (_, _, stream) in zip(learners, runs, strict=True):
+            asyncio.run(learner.process(stream[j]))
     timers = [_TimedUserModel(learner.trainer.users.model) for learner in learners]
     for learner, timer in zip(learners, timers, strict=True):
         learner.trainer.users.model = timer  # type: ignore[assignment]
-    seconds = [0.0] * len(arms)
-    for b in stream[WARM:]:
-        for j, learner in enumerate(learners):
+    seconds = [0.0] * len(runs)
+    for j in range(warm, len(runs[0][2])):
+        for k, (learner, (_, _, stream)) in enumerate(zip(learners, runs, strict=True)):
             t = time.perf_counter()
-            asyncio.run(learner.process(b))
-            seconds[j] += time.perf_counter() - t
-    events = sum(map(len, stream[WARM:]))
-    return [(events / s, timer.seconds / s) for s, timer in zip(seconds, timers, strict=True)]
+            asyncio.run(learner.process(stream[j]))
+            seconds[k] += time.perf_counter() - t
+    events = [sum(map(len, stream[warm:])) for _, _, stream in runs]
+    return [(n / s, timer.seconds / s) for n, s, timer in zip(events, seconds, timers, strict=True)]
 
 
-def throughput(model: Path, batches: int = 20, size: int = 256) -> str:
-    """The learner's defaults against the adapter alone (the old learner), in the same run."""
+def _as_served(model: Path, stream: list[list[FeedbackEvent]]) -> list[list[FeedbackEvent]]:
+    """The stream as clicks on served lists: each event carries the vector the service served its user
+    from (`ServedUser`: the history just before the event), encoded here, outside the learner's time,
+    as the service did to answer the request the click came from."""
+    learner = _learner(model)
+    users, ids, histories = learner.trainer.users.model, learner.item_ids, learner.histories
+    out = []
+    for batch in stream:
+        windows = []
+        for e in batch:  # each event's window: the history before it, earlier events of the batch included
+            windows.append(tuple(histories[e.user_id][-users.window :]))
+            if e.is_positive:
+                histories[e.user_id] = [*histories[e.user_id], learner.item_index[e.item_id]][-learner.history_cap :]
+        vectors = users.encode(windows).numpy()
+        out.append([e.model_copy(update={"served": ServedUser.of(learner.base_model, [ids[i] for i in w], v)})
+                    for e, w, v in zip(batch, windows, vectors, strict=True)])  # fmt: skip
+    return out
+
+
+def throughput(model: Path, events: int = 16_384, size: int = BatchSettings().size) -> str:
+    """The learner's defaults (micro-batches of the default size: under load every batch is full) on
+    random clicks and on clicks from served lists, with and without the guardrail, against the adapter
+    alone (the old learner), in the same run."""
     ck = open_checkpoint(model, CACHE)
     rng = np.random.default_rng(0)
     users, items = ck.data.user_ids, ck.data.item_ids
+    warm = 2
     stream = [[FeedbackEvent(user_id=users[int(u)], item_id=items[int(i)], type="click")  # type: ignore[arg-type]
                for u, i in zip(rng.integers(len(users), size=size), rng.integers(len(items), size=size), strict=True)]
-              for _ in range(batches + WARM)]  # fmt: skip
-    (old, _), (rate, encoding), (guarded, _) = _rates(model, stream, [ARMS["adapter alone (the old learner)"], {}, {}],
-                                                      [None, None, GuardSettings()])  # fmt: skip
-    return (f"### Throughput\n\n{rate:,.0f} events/s on one core with the learner's defaults, against {old:,.0f} for "
-            f"the adapter alone in the same run ({rate / old:.2f}x, batches interleaved); {encoding:.0%} of the "
-            f"defaults' time went to encoding users. With the production guardrail on (one event in "
-            f"{GuardSettings().holdout_every} held out, up to {GuardSettings().holdout_size} of them scored against "
-            "the full catalogue under the trained adapter at every batch, their losses under the published one "
-            f"remembered): {guarded:,.0f} events/s "
-            f"({guarded / rate:.2f}x). {batches} micro-batches of {size} random clicks on "
-            f"`{model.name}` ({ck.data.name}, {ck.data.num_items:,} items) after {WARM} warm-up batches, one torch "
-            "thread, sampled softmax (1,024 negatives), each batch published: encode, sign, store; users encoded as "
-            f"the service encodes them ({_refresh_policy(USER_REFRESH_EVERY)}). Machine: {machine()}.\n")  # fmt: skip
+              for _ in range(warm + -(-events // size))]  # fmt: skip
+    served = _as_served(model, stream)
+    old, guard = ARMS["adapter alone (the old learner)"], GuardSettings()
+    rates = _rates(model, [(old, None, stream), ({}, None, stream), ({}, guard, stream), ({}, None, served),
+                           ({}, guard, served)], warm)  # fmt: skip
+    (base, _), (rate, encoding), (guarded, _), (logged, logged_enc), (logged_guarded, _) = rates
+    n = sum(map(len, stream[warm:]))
+    return (f"### Throughput\n\n{n:,} random clicks on `{model.name}` ({ck.data.name}, {ck.data.num_items:,} items) "
+            f"in micro-batches of {size:,} (the default: under load every batch is full) after {warm} warm-up "
+            f"batches; one torch thread; sampled softmax ({OnlineSettings().negatives:,} negatives), a step every "
+            f"{OnlineSettings().step_size} events, one publish per batch (encode, sign, store); users encoded as the "
+            f"service encodes them ({_refresh_policy(USER_REFRESH_EVERY)}). \"Served\": the same clicks as if "
+            "made on served lists, each carrying the vector the service served its user from (`ServedUser`), "
+            "which the learner takes instead of encoding the user again. The guardrail: one event in "
+            f"{guard.holdout_every} held out, up to {guard.holdout_size} of them scored against the full catalogue "
+            "at every batch. Runs interleaved batch by batch. Machine: " + machine() + ".\n\n"
+            "| learner | events/s on one core | vs the adapter alone | share encoding users |\n|---|---|---|---|\n"
+            f"| the adapter alone (the old learner), random clicks | {base:,.0f} | 1.00x | |\n"
+            f"| defaults, random clicks | {rate:,.0f} | {rate / base:.2f}x | {encoding:.0%} |\n"
+            f"| defaults + guardrail, random clicks | {guarded:,.0f} | {guarded / base:.2f}x | |\n"
+            f"| defaults, served | {logged:,.0f} | {logged / base:.2f}x | {logged_enc:.0%} |\n"
+            f"| **defaults + guardrail, served (production)** | **{logged_guarded:,.0f}** | "
+            f"{logged_guarded / base:.2f}x | |\n")  # fmt: skip
 
 
 def _refresh_policy(every: int) -> str:

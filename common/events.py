@@ -15,11 +15,15 @@ client bug, and " u1" would silently be another user than "u1"), and more than `
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import uuid
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 FEEDBACK_TOPIC = "recsys.feedback"
@@ -76,6 +80,34 @@ class EventType(StrEnum):
     purchase = "purchase"
 
 
+class ServedUser(BaseModel):
+    """The user vector the service last served a user from, logged with their feedback so the learner
+    trains on the vector that was served instead of encoding the user again (Zinkevich's "Rules of ML"
+    #29: log the features used at serving time). Only a hint: the learner takes it when `model` is its
+    model and `window` is the fingerprint of the history window it would encode for the event (the
+    user's history just before it), and encodes otherwise. Set by the service, never by a client."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(max_length=200)  # the model version that encoded it
+    window: str = Field(max_length=64)  # `window_fingerprint` of the history items it read
+    vector: str = Field(max_length=65_536)  # base64 of the float32 vector (the frozen model's, before any adapter)
+
+    @classmethod
+    def of(cls, model: str, window: Sequence[str], vector: np.ndarray) -> ServedUser:
+        raw = base64.b64encode(np.ascontiguousarray(vector, np.float32).tobytes()).decode()
+        return cls(model=model, window=window_fingerprint(window), vector=raw)
+
+    def array(self) -> np.ndarray:
+        return np.frombuffer(base64.b64decode(self.vector), np.float32)
+
+
+def window_fingerprint(items: Sequence[str]) -> str:
+    """Of a history window (external item ids, oldest first): the service's and the learner's internal
+    item numbering may differ, the ids do not."""
+    return hashlib.blake2b("\x1f".join(items).encode(), digest_size=16).hexdigest()
+
+
 class FeedbackEvent(BaseModel):
     """`value`: a rating's stars, `RATING_MIN`-`RATING_MAX`. The learner turns it into a weight
     `(value - 2.5) / 2.5` in [-1, 1]; a wider scale would let one event outweigh many. Other event types
@@ -92,6 +124,7 @@ class FeedbackEvent(BaseModel):
     timestamp: int = Field(0, ge=0, le=MAX_TIMESTAMP)  # 0: stamped with the receive time by the service
     request_id: ExternalId | None = None
     position: int | None = Field(None, ge=0, le=10_000)
+    served: ServedUser | None = None  # set by the service (`service.schemas.ClientEvent` refuses it)
 
     @property
     def is_positive(self) -> bool:

@@ -23,7 +23,7 @@ import torch
 
 from common.adapter import Manifest, encode
 from common.adapter_store import AdapterStore
-from common.events import EventType, FeedbackEvent
+from common.events import EventType, FeedbackEvent, window_fingerprint
 from learner.metrics import LearnerMetrics
 from learner.trainer import EXPLICIT, IMPLICIT, ITEM_ROWS, Example, OnlineTrainer, StepStats
 from models.adapter import placed_rows
@@ -52,14 +52,14 @@ class Outcome:
     rejected: bool = False
 
 
-def example_of(e: FeedbackEvent, history: np.ndarray, item: int) -> Example:
+def example_of(e: FeedbackEvent, history: np.ndarray, item: int, served: np.ndarray | None = None) -> Example:
     """Eq. 31-32's two signals: ratings are explicit (graded around the 2.5 midpoint), the rest implicit."""
     if e.type is EventType.rating and e.value is not None:
         v = (e.value - 2.5) / 2.5
-        return Example(history, item, EXPLICIT, max(v, 0.0), max(-v, 0.0), e.user_id)
+        return Example(history, item, EXPLICIT, max(v, 0.0), max(-v, 0.0), e.user_id, served)
     if e.type is EventType.dislike:
-        return Example(history, item, IMPLICIT, 0.0, 1.0, e.user_id)
-    return Example(history, item, IMPLICIT, 1.0, 0.0, e.user_id)
+        return Example(history, item, IMPLICIT, 0.0, 1.0, e.user_id, served)
+    return Example(history, item, IMPLICIT, 1.0, 0.0, e.user_id, served)
 
 
 ContentVectors = Callable[[Sequence[NewItem]], torch.Tensor]  # new items -> (m, D) content-only vectors
@@ -186,12 +186,24 @@ class Learner:
                 continue
             history = grown.setdefault(e.user_id, list(before.get(e.user_id, [])))
             if history:  # the user model needs a history to read; a first event only starts one
-                ex = example_of(e, np.asarray(history[-window:], np.int64), item)
+                recent = history[-window:]
+                ex = example_of(e, np.asarray(recent, np.int64), item, self._served(e, recent))
                 (held if _held_out(e.event_id, self.guard.holdout_every) else train).append(ex)
             if e.is_positive:
                 history.append(item)
                 del history[: -self.history_cap]
         return train, held, grown, unknown
+
+    def _served(self, e: FeedbackEvent, window: Sequence[int]) -> np.ndarray | None:
+        """The user vector the service logged with the event, if it read exactly `window` under this
+        learner's model (else the learner encodes the user itself)."""
+        s = e.served
+        if s is None or s.model != self.base_model:
+            return None
+        if s.window != window_fingerprint(list(map(self.item_ids.__getitem__, window))):
+            return None
+        vector = s.array()
+        return vector if vector.shape == (self.trainer.items.shape[1],) else None
 
     async def _update(self, events: Sequence[FeedbackEvent], dupes: int) -> Outcome:
         train, held, grown, unknown = self._examples(events, await self._histories_before(events))
@@ -199,8 +211,8 @@ class Learner:
         encoded = await anyio.to_thread.run_sync(self._encoded, held)
         entries = [*self.holdout, *encoded][-self.guard.holdout_size :]  # join the learner on commit
         try:
-            if train:
-                self._record(await anyio.to_thread.run_sync(self.trainer.step, train))
+            for stats in await anyio.to_thread.run_sync(self._steps, train):
+                self._record(stats)
             self.trainer.observe(*_positives(events, self.item_index))
             ids = [e.event_id for e in events]
             passes, scored = await anyio.to_thread.run_sync(self._guard, entries)
@@ -225,6 +237,10 @@ class Learner:
         self.metrics.unknown.inc(unknown)
         return Outcome(0 if rejected else len(events) - unknown, dupes, unknown, version, rejected)
 
+    def _steps(self, train: list[Example]) -> list[StepStats]:
+        n = self.trainer.config.step_size
+        return [self.trainer.step(train[s : s + n]) for s in range(0, len(train), n)]
+
     def _record(self, stats: StepStats) -> None:
         if stats.skipped:
             self.metrics.skipped.inc()
@@ -238,7 +254,7 @@ class Learner:
         if not held:
             return []
         # no user ids: each example's own (older) window, kept out of the users' vector cache
-        base = self.trainer.base_users([e.history for e in held])
+        base = self.trainer.base_of(held, cached=False)
         return [Held(e, b) for e, b in zip(held, base, strict=True)]
 
     def _guard(self, entries: list[Held]) -> tuple[bool, list[Held]]:

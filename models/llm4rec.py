@@ -23,6 +23,9 @@ from models.scoring import PAD, HistoryBatch, TrainData
 from models.sequences import training_windows, window_batches
 from models.transformer import CausalTransformer, xavier_init
 
+# inference inputs: (item rows, position rows), then the same for the first block's keys and values
+_InputRows = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
+
 
 @dataclass(frozen=True)
 class LLM4RecConfig:
@@ -96,6 +99,7 @@ class LLM4Rec(nn.Module):
         groups: list[dict[str, Any]] = [{"params": rest}, {"params": [self.gamma], "lr": 20 * c.lr}]
         self.optimizer = torch.optim.Adam(groups, lr=c.lr)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rows: tuple[torch.Tensor, _InputRows] | None = None  # `_input_rows`
 
     # -- item side -------------------------------------------------------------------------------
     def item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,16 +113,33 @@ class LLM4Rec(nn.Module):
 
     def set_items(self, items: ItemInputs) -> None:
         """Swap in a catalogue (e.g. with new, content-only items); ids beyond training stay unknown."""
-        self.items, self._cache = items, None
+        self.items, self._cache, self._rows = items, None, None
 
     # -- user side -------------------------------------------------------------------------------
     def encode(self, seq: torch.Tensor, item_vecs: torch.Tensor, last: bool = False) -> torch.Tensor:
         """seq: (B, L) left-padded item ids -> hidden states (B, L, D), or with `last` (B, 1, D)."""
         valid = seq != PAD
-        L = seq.shape[1]
-        x = item_vecs[seq.clamp(min=0)] * self.config.fusion.dim**0.5
-        x = x + self.pos_emb(torch.arange(L - 1, -1, -1))  # positions count back from the newest item
-        return self.encoder(self.drop(x) * valid.unsqueeze(-1), valid, last=last)
+        pos = torch.arange(seq.shape[1] - 1, -1, -1)  # positions count back from the newest item
+        if self.training or torch.is_grad_enabled():
+            x = item_vecs[seq.clamp(min=0)] * self.config.fusion.dim**0.5 + self.pos_emb(pos)
+            return self.encoder(self.drop(x) * valid.unsqueeze(-1), valid, last=last)
+        (items, positions), kv_rows = self._input_rows(item_vecs)
+        # no padding zeroed: no valid position attends to padding
+        idx, shape = seq.clamp(min=0).flatten(), seq.shape
+        x = items.index_select(0, idx).view(*shape, -1).add_(positions[pos])
+        kv = None if kv_rows is None else kv_rows[0].index_select(0, idx).view(*shape, -1).add_(kv_rows[1][pos])
+        return self.encoder(x, valid, last=last, first_kv=kv)
+
+    def _input_rows(self, item_vecs: torch.Tensor) -> _InputRows:
+        """Inference: the encoder's inputs as an item's row plus a position's row, and so the first
+        block's keys and values when it has them (`first_kv`; linear in the input): serving a user then
+        starts with gathers and adds. Kept for the `item_vecs` tensor they were built from."""
+        if self._rows is None or self._rows[0] is not item_vecs:
+            items, positions = item_vecs * self.config.fusion.dim**0.5, self.pos_emb.weight
+            item_kv, pos_kv = self.encoder.first_kv(items, bias=False), self.encoder.first_kv(positions)
+            kv = None if item_kv is None or pos_kv is None else (item_kv, pos_kv)
+            self._rows = (item_vecs, ((items, positions), kv))
+        return self._rows[1]
 
     def user_vectors(self, history: torch.Tensor) -> torch.Tensor:
         """history: (B, L) -> (B, D), the state after the newest item."""
@@ -141,7 +162,7 @@ class LLM4Rec(nn.Module):
     # -- training --------------------------------------------------------------------------------
     def fit_epoch(self, data: TrainData, rng: np.random.Generator) -> float:
         self.train()
-        self._cache = None
+        self._cache = self._rows = None
         losses = []
         windows = training_windows(data.sequences(), self.config.max_len, self.config.newest_only)
         for users, inp, tgt in window_batches(windows, self.config.batch_size, rng, self.config.length_buckets):
@@ -195,7 +216,7 @@ class LLM4Rec(nn.Module):
         return nn.functional.cross_entropy(logits, torch.zeros_like(targets), reduction="none")
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        self._cache = None
+        self._cache = self._rows = None
         return super().load_state_dict(state, strict=strict, assign=assign)
 
     def modality_weights(self) -> dict[str, float]:

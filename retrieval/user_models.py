@@ -130,6 +130,10 @@ class UserVectors:
                     self._cache[users[j]] = (windows[j], v)
         return torch.stack(out)  # type: ignore[arg-type]
 
+    def last(self, user: str) -> tuple[tuple[int, ...], torch.Tensor] | None:
+        """The window `user` was last encoded from and its vector, if still cached."""
+        return self._cache.get(user) if user else None
+
     def _cached(self, user: str, window: tuple[int, ...]) -> torch.Tensor | None:
         hit = self._cache.get(user) if user else None
         if hit is None or not appended(hit[0], window, self.model.window, self.refresh_every):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import structlog
 from cachetools import TLRUCache
 
+from common.events import FeedbackEvent, ServedUser
 from models.adapter import AdapterView
 from retrieval.context import ScoredContext
 from retrieval.history import HistoryStore
@@ -142,6 +144,19 @@ class Recommender:
         version = adapter.version if adapter is not None else 0
         cold = self.c.model.cold_start or not history
         return Result(request_id, self.c.model.version, cold, gamma, items, stages, degraded, version)
+
+    def logged(self, events: Sequence[FeedbackEvent]) -> list[FeedbackEvent]:
+        """`events` with the user vector this service last served each one's user, when it still holds
+        it (`ServedUser`; the learner checks that it fits the event before training on it)."""
+        if self.c.model.cold_start:
+            return [FeedbackEvent.model_construct(**dict(e)) for e in events]
+        served: dict[str, ServedUser | None] = {}
+        for user in {e.user_id for e in events}:
+            last = self.users.last(user)
+            ids = self.c.catalogue.data.item_ids
+            served[user] = None if last is None else ServedUser.of(self.c.model.version, [ids[i] for i in last[0]],
+                                                                   last[1].numpy())  # fmt: skip
+        return [FeedbackEvent.model_construct(**{**dict(e), "served": served[e.user_id]}) for e in events]
 
     def _retrieve_and_reason(self, q: Query, history: list[int], gamma: float, adapter: AdapterView | None,
                              stages: dict[str, float]) -> tuple[list[Hit], list[list[Reason]]]:  # fmt: skip

@@ -60,7 +60,7 @@ async def recommend(body: RecommendIn, state: State, request: Request) -> Respon
 
 @router.post("/feedback", status_code=202, dependencies=WRITE, responses=errors(401, 413, 422, 429, 503))
 async def feedback(body: FeedbackIn, state: State) -> FeedbackOut:
-    r = await state.feedback.ingest(body.events)
+    r = await state.feedback.ingest(state.recommender.logged(body.events))
     state.online.feedback(body.events)
     return FeedbackOut(accepted=r.accepted, duplicates=r.duplicates, published=r.published)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from common.events import MAX_TIMESTAMP, ExternalId, FeedbackEvent
 from retrieval.catalog import NewItem
@@ -51,8 +52,15 @@ class RecommendIn(Strict):
         )  # fmt: skip
 
 
+class ClientEvent(FeedbackEvent):
+    """A feedback event as a client sends it: `served` is the service's to set (a client's vector
+    would be trained on as if the service had served it), so sending one is a 422."""
+
+    served: SkipJsonSchema[None] = None
+
+
 class FeedbackIn(Strict):
-    events: list[FeedbackEvent] = Field(min_length=1, max_length=1000)
+    events: list[ClientEvent] = Field(min_length=1, max_length=1000)
 
 
 class ItemIn(Strict):

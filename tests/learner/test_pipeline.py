@@ -5,13 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from common.adapter import decode
 from common.adapter_store import MemoryAdapterStore
-from common.events import FeedbackEvent
+from common.events import FeedbackEvent, ServedUser
 from common.settings import AdapterSettings
 from learner.build import build_learner
 from learner.metrics import LearnerMetrics
@@ -148,3 +150,55 @@ async def test_the_guard_s_remembered_losses_are_what_the_published_adapter_scor
     assert len(learner.holdout) > 10
     assert any(outcomes)  # a refused update ...
     assert not all(outcomes)  # ... and an accepted one: both paths were taken
+
+
+def _as_served(learner: Learner, events: Sequence[FeedbackEvent], model: str | None = None,
+               stale: bool = False) -> list[FeedbackEvent]:  # fmt: skip
+    """`events` carrying the vector a service would have served each one's user from (the history just
+    before the event); `stale`: the one before that (the user acted since the list was served)."""
+    users, histories, out = learner.trainer.users.model, dict(learner.histories), []
+    for e in events:
+        history = histories[e.user_id]
+        window = tuple(history[-users.window - 1 : -1] if stale else history[-users.window :])
+        vector = users.encode([window])[0].numpy()
+        served = ServedUser.of(model or learner.base_model, [learner.item_ids[i] for i in window], vector)
+        out.append(e.model_copy(update={"served": served}))
+        histories[e.user_id] = [*history, learner.item_index[e.item_id]]
+    return out
+
+
+class _Counted:
+    """A user model that counts the histories it encodes."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.encoded = model, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def encode(self, histories: Any) -> Any:
+        self.encoded += len(histories)
+        return self.model.encode(histories)
+
+
+@pytest.mark.parametrize("served", ["fits", "stale", "other model", "none"])
+async def test_the_learner_trains_on_the_user_vector_the_service_served_when_it_fits(
+    checkpoint: Path, small_trained: SmallTrained, served: str
+) -> None:
+    """An event that carries the vector the service served its user from, for exactly the history the
+    learner would encode under the same model, is learnt from that vector without encoding the user;
+    the update is the one encoding would have given. A vector served before the user's last action, or
+    by another model, is not used."""
+    events = _likes("u1", range(20, 30)) + _likes("u2", range(30, 34))
+    reference = _learner(checkpoint, small_trained, MemoryAdapterStore())
+    learner = _learner(checkpoint, small_trained, MemoryAdapterStore())
+    if served != "none":
+        events = _as_served(learner, events, "another" if served == "other model" else None, served == "stale")
+    counted = _Counted(learner.trainer.users.model)
+    learner.trainer.users.model = counted  # type: ignore[assignment]
+    for lr in (reference, learner):
+        torch.manual_seed(0)  # the same sampled negatives
+        assert (await lr.process(events)).version == 1
+    assert counted.encoded == (0 if served == "fits" else len(events))
+    for k, v in reference.published_state.items():
+        np.testing.assert_allclose(learner.published_state[k], v, rtol=1e-4, atol=1e-6, err_msg=k)

@@ -11,6 +11,7 @@ import pytest
 from httpx import AsyncClient
 from redis.asyncio import Redis
 
+from common.events import window_fingerprint
 from retrieval.history import RedisHistoryStore
 from service import components
 from service.settings import Settings
@@ -187,3 +188,36 @@ async def test_a_later_positive_event_on_a_served_item_counts_its_list_as_hit(se
         ]  # fmt: skip
         assert (await client.post("/feedback", json={"events": events})).status_code == 202
         assert metrics.get_sample_value("recsys_served_list_hits_total", labels) == 1
+
+
+async def test_feedback_carries_the_user_vector_last_served_and_refuses_one_from_a_client(
+    settings: Settings,
+) -> None:
+    """Events reach the learner with the vector the service served their user from (`ServedUser`: model,
+    window fingerprint, the vector itself); a client cannot send one."""
+    async with serve(settings) as (client, app):
+        rec = app_state(app).recommender
+        ingested: list[Any] = []
+        ingest = app_state(app).feedback.ingest
+
+        async def capture(events: Any) -> Any:
+            ingested.extend(events)
+            return await ingest(events)
+
+        app_state(app).feedback.ingest = capture  # type: ignore[method-assign]
+        assert (await client.post("/recommend", json={"user_id": "u1", "k": 3, "explain": False})).status_code == 200
+        events = [
+            {"user_id": "u1", "item_id": "m21", "type": "click"},
+            {"user_id": "u9", "item_id": "m3", "type": "view"},
+        ]
+        assert (await client.post("/feedback", json={"events": events})).status_code == 202
+        window, vector = rec.users.last("u1")  # type: ignore[misc]
+        served = ingested[0].served
+        assert served.model == rec.c.model.version
+        assert served.window == window_fingerprint([rec.c.catalogue.data.item_ids[i] for i in window])
+        np.testing.assert_array_equal(served.array(), vector.numpy())
+        assert ingested[1].served is None  # u9 was not served since the service started
+        forged = {**events[0], "served": served.model_dump()}
+        r = await client.post("/feedback", json={"events": [forged]})
+        assert r.status_code == 422
+        assert "served" in r.json()["detail"]["field"].split(".")
