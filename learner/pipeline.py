@@ -30,6 +30,7 @@ from models.adapter import placed_rows
 from retrieval.catalog import NewItem
 from retrieval.history import HistoryStore
 from retrieval.item_log import START, ItemLog
+from retrieval.user_models import History
 
 log = structlog.get_logger()
 
@@ -52,7 +53,7 @@ class Outcome:
     rejected: bool = False
 
 
-def example_of(e: FeedbackEvent, history: np.ndarray, item: int, served: np.ndarray | None = None) -> Example:
+def example_of(e: FeedbackEvent, history: History, item: int, served: np.ndarray | None = None) -> Example:
     """Eq. 31-32's two signals: ratings are explicit (graded around the 2.5 midpoint), the rest implicit."""
     if e.type is EventType.rating and e.value is not None:
         v = (e.value - 2.5) / 2.5
@@ -83,6 +84,7 @@ class Learner:
         self.trained_items = len(self.item_ids)
         self.item_index = {x: i for i, x in enumerate(item_ids)}
         self.item_log, self.content, self._log_cursor = item_log, content, START
+        self.dim = trainer.items.shape[1]  # of a user vector
         self.histories = {u: list(h)[-history_cap:] for u, h in histories.items()}
         self.history_store = history_store
         self.holdout: deque[Held] = deque(maxlen=guard.holdout_size)
@@ -187,7 +189,7 @@ class Learner:
             history = grown.setdefault(e.user_id, list(before.get(e.user_id, [])))
             if history:  # the user model needs a history to read; a first event only starts one
                 recent = history[-window:]
-                ex = example_of(e, np.asarray(recent, np.int64), item, self._served(e, recent))
+                ex = example_of(e, recent, item, self._served(e, recent))
                 (held if _held_out(e.event_id, self.guard.holdout_every) else train).append(ex)
             if e.is_positive:
                 history.append(item)
@@ -203,7 +205,7 @@ class Learner:
         if s.window != window_fingerprint(list(map(self.item_ids.__getitem__, window))):
             return None
         vector = s.array()
-        return vector if vector.shape == (self.trainer.items.shape[1],) else None
+        return vector if len(vector) == self.dim else None
 
     async def _update(self, events: Sequence[FeedbackEvent], dupes: int) -> Outcome:
         train, held, grown, unknown = self._examples(events, await self._histories_before(events))

@@ -35,7 +35,7 @@ import torch
 from learner.popularity import DecayedPopularity
 from models.adapter import ServingAdapter
 from models.llm4rec import LLM4Rec
-from retrieval.user_models import GenerativeUserModel, UserVectors
+from retrieval.user_models import GenerativeUserModel, History, UserVectors
 
 EXPLICIT, IMPLICIT = "explicit", "implicit"
 ITEM_ROWS = {"item_bias", "item_delta"}  # the adapter's parameters with a row per item
@@ -68,7 +68,7 @@ class OnlineConfig:
 class Example:
     """One event ready to learn from: the user's history before it, the item, and its signal."""
 
-    history: np.ndarray  # internal item ids, oldest first
+    history: History  # internal item ids, oldest first
     item: int
     group: str  # EXPLICIT | IMPLICIT
     positive: float  # weight of "the user wants this item" (next-item cross-entropy)
@@ -132,6 +132,14 @@ def _clipped(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch
     return out
 
 
+def _signal_loss(batch: Sequence[Example], lp: torch.Tensor) -> torch.Tensor:
+    """(B,) each example's loss from its target's log-probability `lp`: cross-entropy weighted by how much
+    the user wants the item, plus unlikelihood -log(1 - p) weighted by how much they do not."""
+    pos = torch.tensor([e.positive for e in batch])
+    neg = torch.tensor([e.negative for e in batch])
+    return pos * -lp + neg * -torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
+
+
 def _importance(g: torch.Tensor, tau: float, rows: bool) -> torch.Tensor:
     """Eq. 29-30's selection mask: entries (or, with `rows`, whole rows by their norm) whose gradient is
     at least tau times the largest."""
@@ -178,7 +186,7 @@ class OnlineTrainer:
         if self.popularity is not None:
             self._publish_popularity()
 
-    def base_users(self, histories: Sequence[np.ndarray], users: Sequence[str] = ()) -> torch.Tensor:
+    def base_users(self, histories: Sequence[History], users: Sequence[str] = ()) -> torch.Tensor:
         """(B, D) the frozen user model over each history; with `users`, under the service's cache policy."""
         return self.users(list(users) or [""] * len(histories), histories)
 
@@ -237,11 +245,9 @@ class OnlineTrainer:
             clash = (cand.unsqueeze(0) == idx.unsqueeze(1)) & ~torch.eye(len(batch), len(cand), dtype=torch.bool)
             logp = torch.log_softmax(logits.masked_fill(clash, -torch.inf), dim=1)
             lp, norm = logp[rows, rows], math.log(len(cand))  # entropy can reach log(candidates) at most
-        pos = torch.tensor([e.positive for e in batch])
-        neg = torch.tensor([e.negative for e in batch])
-        per = pos * -lp + neg * -torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
+        per = _signal_loss(batch, lp)
         p = logp.detach().exp()
-        entropy = -torch.special.xlogy(p, p).sum(1).mean() / norm  # 0 log 0 = 0: masked candidates
+        entropy = -(p * logp.detach().clamp(min=-1e30)).sum(1).mean() / norm  # masked: 0 * -1e30 = 0
         return per, entropy, u, covered
 
     def step(self, batch: Sequence[Example]) -> StepStats:
@@ -368,8 +374,15 @@ class OnlineTrainer:
                     base: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """(B,) each example's loss against the full catalogue, without updating; one example's loss does
         not depend on the others in the batch."""
+        a = adapter or self.adapter
         with torch.no_grad():
-            return self.losses(batch, full=True, adapter=adapter, base=base)[0]
+            u = a.user(self.base_of(batch) if base is None else base)
+            # the biases as two more columns: one matmul, and no pass over the (B, N) logits to add them
+            table = torch.cat([self.items + a.item_delta, a.item_bias.unsqueeze(1), a.log_pop.unsqueeze(1)], 1)
+            query = torch.cat([u, torch.ones(len(u), 1), torch.full((len(u), 1), self.gamma)], 1)
+            logits = query @ table.T
+            target = logits.gather(1, torch.tensor([[e.item] for e in batch])).squeeze(1)
+            return _signal_loss(batch, target - torch.logsumexp(logits, 1))
 
     def snapshot(self) -> Snapshot:
         """Everything a step or an observation changes, to undo them when their publish fails."""
