@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))  # tests.kafka_mock: the mock Kafka cluster in a c
 
 from common.adapter_store import MemoryAdapterStore  # noqa: E402
 from common.events import FeedbackEvent, ServedUser  # noqa: E402
+from common.process import freeze_startup_objects  # noqa: E402
 from common.settings import AdapterSettings  # noqa: E402
 from learner.build import DAY_S, build_learner  # noqa: E402
 from learner.metrics import LearnerMetrics  # noqa: E402
@@ -104,9 +105,11 @@ class _TimedUserModel:
 def _rates(model: Path, runs: list[tuple[dict[str, float | bool], GuardSettings | None, list[list[FeedbackEvent]]]],
            warm: int) -> list[tuple[float, float]]:  # fmt: skip
     """Events/s of each run's learner (its online settings, guardrail and batches), and the share of its
-    time spent encoding users; after `warm` warm-up batches (they fill the per-user vector cache, as a
-    running learner has), the timed batches are interleaved so that a change in the machine's load
-    falls on every run alike."""
+    time spent encoding users, after `warm` warm-up batches (they fill the per-user vector cache, as a
+    running learner has). Each learner takes its timed batches in two contiguous blocks, the runs in
+    one order for the first half and in the reverse order for the second, so that a drift in the
+    machine's load falls on every run alike while each runs with its own tables in the caches, as a
+    learner process does (interleaving single batches of several learners made every one slower)."""
     learners = [_learner(model, g, **online) for online, g, _ in runs]
     for j in range(warm):
         for learner, (_, _, stream) in zip(learners, runs, strict=True):
@@ -114,14 +117,18 @@ def _rates(model: Path, runs: list[tuple[dict[str, float | bool], GuardSettings 
     timers = [_TimedUserModel(learner.trainer.users.model) for learner in learners]
     for learner, timer in zip(learners, timers, strict=True):
         learner.trainer.users.model = timer  # type: ignore[assignment]
+    freeze_startup_objects()  # as the learner process does after building its learner
     seconds = [0.0] * len(runs)
-    for j in range(warm, len(runs[0][2])):
-        for k, (learner, (_, _, stream)) in enumerate(zip(learners, runs, strict=True)):
+    n = len(runs[0][2])
+    half = warm + (n - warm) // 2
+    for blocks, order in ((range(warm, half), range(len(runs))), (range(half, n), reversed(range(len(runs))))):
+        for k in order:
             t = time.perf_counter()
-            asyncio.run(learner.process(stream[j]))
+            for j in blocks:
+                asyncio.run(learners[k].process(runs[k][2][j]))
             seconds[k] += time.perf_counter() - t
     events = [sum(map(len, stream[warm:])) for _, _, stream in runs]
-    return [(n / s, timer.seconds / s) for n, s, timer in zip(events, seconds, timers, strict=True)]
+    return [(e / s, timer.seconds / s) for e, s, timer in zip(events, seconds, timers, strict=True)]
 
 
 def _as_served(model: Path, stream: list[list[FeedbackEvent]]) -> list[list[FeedbackEvent]]:
@@ -168,7 +175,8 @@ def throughput(model: Path, events: int = 16_384, size: int = BatchSettings().si
             "made on served lists, each carrying the vector the service served its user from (`ServedUser`), "
             "which the learner takes instead of encoding the user again. The guardrail: one event in "
             f"{guard.holdout_every} held out, up to {guard.holdout_size} of them scored against the full catalogue "
-            "at every batch. Runs interleaved batch by batch. Machine: " + machine() + ".\n\n"
+            "at every batch. Each learner times half its batches in one block, the runs in one order, then the "
+            "other half in the reverse order. Machine: " + machine() + ".\n\n"
             "| learner | events/s on one core | vs the adapter alone | share encoding users |\n|---|---|---|---|\n"
             f"| the adapter alone (the old learner), random clicks | {base:,.0f} | 1.00x | |\n"
             f"| defaults, random clicks | {rate:,.0f} | {rate / base:.2f}x | {encoding:.0%} |\n"
@@ -242,6 +250,7 @@ MOVED = (
     ("lr", 0.01),
     ("lr", 0.005),
     ("negatives", 0),
+    ("negatives", 512),
     *(("popularity_half_life_days", d) for d in (14, 30, 60, 365)),
 )
 
@@ -694,7 +703,8 @@ async def _freshness(model: Path, trials: int) -> str:
     return ("### Freshness\n\n"
             f"{trials} single-event feedback posts (service in process over ASGI, Kafka protocol via librdkafka's mock "
             "cluster in a child process, the real Redis, the learner in the same event loop with its default "
-            "batching: up to 256 events or 200 ms; the service's adapter poll 1 s, pub/sub notices immediate).\n\n"
+            f"batching: up to {BatchSettings().size:,} events or {BatchSettings().max_wait_ms} ms; the service's "
+            "adapter poll 1 s, pub/sub notices immediate).\n\n"
             "| from POST /feedback to | p50 ms | p95 ms | max ms |\n|---|---|---|---|\n"
             f"| the user's history holding the event | {np.nanmedian(h):.1f} | {np.nanpercentile(h, 95):.1f} | "
             f"{np.nanmax(h):.1f} |\n"

@@ -16,6 +16,7 @@ client bug, and " u1" would silently be another user than "u1"), and more than `
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 import uuid
@@ -99,7 +100,7 @@ class ServedUser(BaseModel):
         return cls(model=model, window=window_fingerprint(window), vector=raw)
 
     def array(self) -> np.ndarray:
-        return np.frombuffer(base64.b64decode(self.vector), np.float32)
+        return np.frombuffer(binascii.a2b_base64(self.vector), np.float32)  # base64.b64decode, without its checks
 
 
 def window_fingerprint(items: Sequence[str]) -> str:

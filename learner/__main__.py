@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
 
 from common.adapter_store import RedisAdapterStore
-from common.process import limit_malloc_arenas
+from common.process import limit_malloc_arenas, refreeze
 from learner.build import learner_from_settings, resume
 from learner.consumer import run
 from learner.fine_tune import PeriodicFineTune, fine_tune_folder, recover
@@ -54,6 +54,7 @@ async def main(settings: LearnerSettings) -> None:
         while not stop.is_set():  # once per model: a fine-tune that lands restarts the loop on the new one
             new_model.clear()  # before the build: a model landing meanwhile restarts the loop again
             learner = await anyio.to_thread.run_sync(learner_from_settings, settings, store, metrics, history, items)
+            refreeze()  # the model, histories and Fisher outside the collector's walks (a replaced learner's freed)
             await _resume_when_redis_answers(learner)
             if tuner is not None:  # a kill between a fine-tune's exchange and its naming left the name behind
                 await redis.set(settings.model_key, learner.base_model)

@@ -186,7 +186,9 @@ class Learner:
             if item is None:
                 unknown += 1
                 continue
-            history = grown.setdefault(e.user_id, list(before.get(e.user_id, [])))
+            history = grown.get(e.user_id)
+            if history is None:  # not setdefault: it would copy the history at every event
+                history = grown[e.user_id] = list(before.get(e.user_id, ()))
             if history:  # the user model needs a history to read; a first event only starts one
                 recent = history[-window:]
                 ex = example_of(e, recent, item, self._served(e, recent))
