@@ -8,6 +8,7 @@ the service serves."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -116,6 +117,9 @@ class UserVectors:
     def __init__(self, model: UserModel, refresh_every: int = 1, capacity: int = USER_CACHE_SIZE) -> None:
         self.model, self.refresh_every = model, refresh_every
         self._cache: LRUCache[str, tuple[tuple[int, ...], torch.Tensor]] = LRUCache(capacity)
+        # an LRU read reorders entries: requests encode in worker threads when the LLM re-rank is on, while
+        # `POST /feedback` reads `last` on the event loop
+        self._lock = threading.Lock()
 
     def __call__(self, users: Sequence[str], histories: Sequence[History]) -> torch.Tensor:
         """(B, D) for each user's history (oldest first, not empty)."""
@@ -127,15 +131,19 @@ class UserVectors:
             for j, v in zip(todo, self.model.encode([windows[j] for j in todo]), strict=True):
                 out[j] = v
                 if users[j]:
-                    self._cache[users[j]] = (windows[j], v)
+                    with self._lock:
+                        self._cache[users[j]] = (windows[j], v)
         return torch.stack(out)  # type: ignore[arg-type]
 
     def last(self, user: str) -> tuple[tuple[int, ...], torch.Tensor] | None:
         """The window `user` was last encoded from and its vector, if still cached."""
-        return self._cache.get(user) if user else None
+        if not user:
+            return None
+        with self._lock:
+            return self._cache.get(user)
 
     def _cached(self, user: str, window: tuple[int, ...]) -> torch.Tensor | None:
-        hit = self._cache.get(user) if user else None
+        hit = self.last(user)
         if hit is None or not appended(hit[0], window, self.model.window, self.refresh_every):
             return None
         return hit[1]
