@@ -296,21 +296,23 @@ class OnlineTrainer:
         """Momentum SGD on the covered rows with eq. 29-30's row selection, then the proximal EWC step
         `argmin_x |x - p|^2 / 2 eta + lambda F x^2 / 2` (anchor 0) on the rows that moved: an explicit
         EWC gradient step diverges once eta * lambda * F > 2, and the items' Fisher grows with their
-        training counts. Rows outside the softmax's cover have no gradient, so they do not move (with a
-        threshold above 0 the selection leaves them out anyway); their velocity decays lazily, by
-        momentum ** (steps since their last update), which is the dense update's value exactly.
-        Returns the covered rows' EWC penalty before the step and how many rows moved."""
+        training counts. Only the selected rows are touched: a row left out (outside the softmax's cover,
+        or below the threshold) does not move, and its velocity decays lazily, by momentum ** (steps
+        since its last update), which is the dense update's value exactly. Most sampled negatives are
+        left out, so this also spares most of a step's gathers of item rows.
+        Returns the moved rows' EWC penalty before the step and how many rows moved."""
         c, p, v = self.config, self.adapter.item_delta, self.velocity["item_delta"]
-        ids = covered.ids if covered.ids is not None else torch.arange(len(p))
+        moved = _importance(g, c.importance_threshold, rows=True)[:, 0] > 0
+        ids = (covered.ids if covered.ids is not None else torch.arange(len(p)))[moved]
+        g = g[moved]
         fisher, rows = self.fisher["item_delta"].index_select(0, ids), p.index_select(0, ids)
         ewc = (c.lambda_item * fisher * rows**2).sum()
-        mask = _importance(g, c.importance_threshold, rows=True)
         decay = c.momentum ** (self.steps - self.last_step[ids]).to(v.dtype)
-        vel = v.index_select(0, ids) * decay.unsqueeze(1) + g * mask
+        vel = v.index_select(0, ids) * decay.unsqueeze(1) + g
         v.index_copy_(0, ids, vel)
         self.last_step[ids] = self.steps
-        p.index_copy_(0, ids, (rows - eta * vel * mask) / (1 + eta * c.lambda_item * fisher * mask))
-        return ewc, int(mask[:, 0].sum())
+        p.index_copy_(0, ids, (rows - eta * vel) / (1 + eta * c.lambda_item * fisher))
+        return ewc, len(ids)
 
     def observe(self, items: np.ndarray, timestamps: np.ndarray) -> None:
         """Count positive events into the streaming popularity (no-op when it is off)."""
