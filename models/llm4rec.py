@@ -99,7 +99,7 @@ class LLM4Rec(nn.Module):
         groups: list[dict[str, Any]] = [{"params": rest}, {"params": [self.gamma], "lr": 20 * c.lr}]
         self.optimizer = torch.optim.Adam(groups, lr=c.lr)
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._rows: tuple[torch.Tensor, _InputRows] | None = None  # `_input_rows`
+        self._rows: tuple[torch.Tensor, tuple[int, ...], _InputRows] | None = None  # `_input_rows`
 
     # -- item side -------------------------------------------------------------------------------
     def item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,13 +133,15 @@ class LLM4Rec(nn.Module):
     def _input_rows(self, item_vecs: torch.Tensor) -> _InputRows:
         """Inference: the encoder's inputs as an item's row plus a position's row, and so the first
         block's keys and values when it has them (`first_kv`; linear in the input): serving a user then
-        starts with gathers and adds. Kept for the `item_vecs` tensor they were built from."""
-        if self._rows is None or self._rows[0] is not item_vecs:
+        starts with gathers and adds. Kept while `item_vecs` is the tensor they were built from and the
+        weights they read are unchanged (their in-place version counters: any optimizer step moves them)."""
+        versions = tuple(p._version for p in (self.pos_emb.weight, *self.encoder.blocks[0].parameters()))
+        if self._rows is None or self._rows[0] is not item_vecs or self._rows[1] != versions:
             items, positions = item_vecs * self.config.fusion.dim**0.5, self.pos_emb.weight
             item_kv, pos_kv = self.encoder.first_kv(items, bias=False), self.encoder.first_kv(positions)
             kv = None if item_kv is None or pos_kv is None else (item_kv, pos_kv)
-            self._rows = (item_vecs, ((items, positions), kv))
-        return self._rows[1]
+            self._rows = (item_vecs, versions, ((items, positions), kv))
+        return self._rows[2]
 
     def user_vectors(self, history: torch.Tensor) -> torch.Tensor:
         """history: (B, L) -> (B, D), the state after the newest item."""

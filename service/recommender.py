@@ -151,9 +151,9 @@ class Recommender:
         if self.c.model.cold_start:
             return [FeedbackEvent.model_construct(**dict(e)) for e in events]
         served: dict[str, ServedUser | None] = {}
+        ids = self.c.catalogue.data.item_ids
         for user in {e.user_id for e in events}:
             last = self.users.last(user)
-            ids = self.c.catalogue.data.item_ids
             served[user] = None if last is None else ServedUser.of(self.c.model.version, [ids[i] for i in last[0]],
                                                                    last[1].numpy())  # fmt: skip
         return [FeedbackEvent.model_construct(**{**dict(e), "served": served[e.user_id]}) for e in events]

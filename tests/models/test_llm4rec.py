@@ -9,7 +9,7 @@ import torch
 from models.debias import FairnessAdversary, ipw_weights, propensities, reverse_gradient
 from models.fusion import CrossModalAttention, FusionConfig, ItemFusion, ItemInputs
 from models.llm4rec import LLM4Rec, LLM4RecConfig
-from models.scoring import HistoryBatch, TrainData
+from models.scoring import PAD, HistoryBatch, TrainData
 from models.splits import leave_one_out
 from models.transformer import CausalTransformer
 from tests.conftest import make_dataset
@@ -174,7 +174,7 @@ def test_windows_use_the_whole_history() -> None:
 
 
 def test_batches_are_random_samples_of_windows_unless_length_buckets() -> None:
-    from models.scoring import PAD
+
     from models.sequences import window_batches
 
     windows = [(u, np.arange(3 if u % 2 else 30)) for u in range(64)]  # short and long, alternating
@@ -211,3 +211,31 @@ def test_the_newest_state_alone_equals_the_full_encodings_last_row(layout: str) 
     last = net(x, valid, last=True)
     assert last.shape == (5, 1, 16)
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["sasrec", "pre-norm"])
+def test_serving_encodes_users_as_training_does_and_follows_the_weights(layout: str) -> None:
+    """Inference encodes from precomputed input rows (the first block's keys and values as an item's
+    part plus a position's, no padding zeroed): the same user vectors as the training code's path, for
+    full and left-padded histories, and still after the encoder's weights move."""
+    n = 60
+    model = _model(n, LLM4RecConfig(fusion=_fusion_config(n), max_len=8, layout=layout)).eval()
+    histories = torch.randint(0, n, (6, 8))
+    histories[0, :5] = PAD  # short histories, left-padded
+    histories[1, :7] = PAD
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            served = model.user_vectors(histories)
+        with torch.enable_grad():  # the training code's path (no precomputed rows)
+            reference = model.user_vectors(histories).detach()
+        return served, reference
+
+    torch.testing.assert_close(*both(), rtol=1e-5, atol=1e-5)
+    before = both()[0]
+    with torch.no_grad():  # an optimizer's in-place step on the first block and the positions
+        for p in (*model.encoder.blocks[0].parameters(), model.pos_emb.weight):
+            p.add_(0.1 * torch.randn_like(p))
+    served, reference = both()
+    torch.testing.assert_close(served, reference, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(served, before)
