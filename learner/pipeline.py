@@ -85,7 +85,8 @@ class Learner:
         self.item_index = {x: i for i, x in enumerate(item_ids)}
         self.item_log, self.content, self._log_cursor = item_log, content, START
         self.dim = trainer.items.shape[1]  # of a user vector
-        self.histories = {u: list(h)[-history_cap:] for u, h in histories.items()}
+        # Python ints (`tolist`): numpy scalars made every lookup by history item several times slower
+        self.histories = {u: np.asarray(h[-history_cap:], np.int64).tolist() for u, h in histories.items()}
         self.history_store = history_store
         self.holdout: deque[Held] = deque(maxlen=guard.holdout_size)
         self.published_adapter = copy.deepcopy(trainer.adapter)  # what the service serves: the guardrail's baseline
@@ -110,7 +111,7 @@ class Learner:
                 ids.add(e.event_id)
         self.metrics.duplicates.inc(dupes)
         outcome = Outcome(0, dupes, 0, None)
-        if any(e.item_id not in self.item_index for e in fresh):
+        if not self.item_index.keys() >= {e.item_id for e in fresh}:
             await self.catch_up_items()  # a failure here fails the batch: it is retried, not dropped
         if fresh:
             outcome = await self._update(fresh, dupes)
@@ -314,4 +315,4 @@ def _positives(events: Sequence[FeedbackEvent], index: Mapping[str, int]) -> tup
 
 
 def _held_out(event_id: str, every: int) -> bool:
-    return every > 0 and int(hashlib.blake2b(event_id.encode(), digest_size=4).hexdigest(), 16) % every == 0
+    return every > 0 and int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=4).digest()) % every == 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -64,9 +65,9 @@ class OnlineConfig:
     popularity_half_life_days: float  # 0: the training-time popularity, fixed
 
 
-@dataclass(frozen=True)
-class Example:
-    """One event ready to learn from: the user's history before it, the item, and its signal."""
+class Example(NamedTuple):
+    """One event ready to learn from: the user's history before it, the item, and its signal. (A named
+    tuple: a frozen dataclass took three times as long to build, per event of a stream.)"""
 
     history: History  # internal item ids, oldest first
     item: int
