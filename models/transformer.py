@@ -83,7 +83,8 @@ class CausalTransformer(nn.Module):
         newest position's state only (B, 1, D): what a user vector needs. Causality lets the last block
         skip the other positions' queries, about a third of an encoding's work at two blocks.
         `first_kv`: the first `SASRecBlock`'s keys and values (B, L, 2D), when the caller has them."""
-        mask = None if bool(valid.all()) else _padding_mask(valid, x.dtype)
+        # inference only: training keeps the explicit mask, so its numerics (and a seed's run) stay as measured
+        mask = None if not self.training and bool(valid.all()) else _padding_mask(valid, x.dtype)
         for j, block in enumerate(self.blocks):
             x = block(x, mask, last=last and j == len(self.blocks) - 1, kv=first_kv if j == 0 else None)
         return self.norm(x)
