@@ -196,9 +196,9 @@ async def test_the_learner_trains_on_the_user_vector_the_service_served_when_it_
         events = _as_served(learner, events, "another" if served == "other model" else None, served == "stale")
     counted = _Counted(learner.trainer.users.model)
     learner.trainer.users.model = counted  # type: ignore[assignment]
-    for lr in (reference, learner):
+    for each in (reference, learner):
         torch.manual_seed(0)  # the same sampled negatives
-        assert (await lr.process(events)).version == 1
+        assert (await each.process(events)).version == 1
     assert counted.encoded == (0 if served == "fits" else len(events))
     for k, v in reference.published_state.items():
         np.testing.assert_allclose(learner.published_state[k], v, rtol=1e-4, atol=1e-6, err_msg=k)

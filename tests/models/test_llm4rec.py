@@ -174,7 +174,6 @@ def test_windows_use_the_whole_history() -> None:
 
 
 def test_batches_are_random_samples_of_windows_unless_length_buckets() -> None:
-
     from models.sequences import window_batches
 
     windows = [(u, np.arange(3 if u % 2 else 30)) for u in range(64)]  # short and long, alternating
