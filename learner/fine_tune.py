@@ -76,7 +76,9 @@ class PendingFeedback:
 
     def append(self, events: Sequence[FeedbackEvent]) -> None:
         if events:
-            _write(self.path, b"".join(e.model_dump_json().encode() + b"\n" for e in events), "ab")
+            # without the served user vectors: a fine-tune reads none, and each would be most of its line
+            lines = (e.model_dump_json(exclude={"served"}).encode() + b"\n" for e in events)
+            _write(self.path, b"".join(lines), "ab")
             self.count += len(events)
 
     def take(self, version: str) -> Path:

@@ -230,8 +230,7 @@ class OnlineTrainer:
         N, K = self.items.shape[0], self.config.negatives
         if full or K <= 0 or N <= 2 * K:
             covered = _Rows(None, a.item_delta.detach().requires_grad_() if leaf else a.item_delta)
-            logits = u @ (self.items + covered.delta).T + a.item_bias + self.gamma * a.log_pop
-            logp = torch.log_softmax(logits, dim=1)
+            logp = torch.log_softmax(self._catalogue_logits(u, covered.delta, a), dim=1)
             lp, norm = logp[rows, idx], math.log(N)
         else:
             cand = torch.cat([idx, torch.randint(N, (K,))])  # (B + K,): every target is everyone's candidate
@@ -380,12 +379,16 @@ class OnlineTrainer:
         a = adapter or self.adapter
         with torch.no_grad():
             u = a.user(self.base_of(batch) if base is None else base)
-            # the biases as two more columns: one matmul, and no pass over the (B, N) logits to add them
-            table = torch.cat([self.items + a.item_delta, a.item_bias.unsqueeze(1), a.log_pop.unsqueeze(1)], 1)
-            query = torch.cat([u, torch.ones(len(u), 1), torch.full((len(u), 1), self.gamma)], 1)
-            logits = query @ table.T
+            logits = self._catalogue_logits(u, a.item_delta, a)
             target = logits.gather(1, torch.tensor([[e.item] for e in batch])).squeeze(1)
             return _signal_loss(batch, target - torch.logsumexp(logits, 1))
+
+    def _catalogue_logits(self, u: torch.Tensor, delta: torch.Tensor, a: ServingAdapter) -> torch.Tensor:
+        """(B, N) adapted users' scores of every item, as served (eq. 15's popularity term included), with
+        the item corrections `delta`; the biases enter as two more columns: one matmul, and no pass over
+        the (B, N) logits to add them."""
+        table = torch.cat([self.items + delta, a.item_bias.unsqueeze(1), a.log_pop.unsqueeze(1)], 1)
+        return torch.cat([u, torch.ones(len(u), 1), torch.full((len(u), 1), self.gamma)], 1) @ table.T
 
     def snapshot(self) -> Snapshot:
         """Everything a step or an observation changes, to undo them when their publish fails."""

@@ -148,15 +148,13 @@ class Recommender:
     def logged(self, events: Sequence[FeedbackEvent]) -> list[FeedbackEvent]:
         """`events` with the user vector this service last served each one's user, when it still holds
         it (`ServedUser`; the learner checks that it fits the event before training on it)."""
-        if self.c.model.cold_start:
-            return [FeedbackEvent.model_construct(**dict(e)) for e in events]
-        served: dict[str, ServedUser | None] = {}
-        ids = self.c.catalogue.data.item_ids
-        for user in {e.user_id for e in events}:
-            last = self.users.last(user)
-            served[user] = None if last is None else ServedUser.of(self.c.model.version, [ids[i] for i in last[0]],
-                                                                   last[1].numpy())  # fmt: skip
-        return [FeedbackEvent.model_construct(**{**dict(e), "served": served[e.user_id]}) for e in events]
+        served: dict[str, ServedUser] = {}
+        ids, version = self.c.catalogue.data.item_ids, self.c.model.version
+        users = set() if self.c.model.cold_start else {e.user_id for e in events}
+        for user in users:
+            if (last := self.users.last(user)) is not None:
+                served[user] = ServedUser.of(version, [ids[i] for i in last[0]], last[1].numpy())
+        return [FeedbackEvent.model_construct(**{**dict(e), "served": served.get(e.user_id)}) for e in events]
 
     def _retrieve_and_reason(self, q: Query, history: list[int], gamma: float, adapter: AdapterView | None,
                              stages: dict[str, float]) -> tuple[list[Hit], list[list[Reason]]]:  # fmt: skip
