@@ -10,11 +10,12 @@ learner restarted from older Kafka offsets skips them.
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import anyio
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 
 from common.adapter import Manifest, encode
 from common.adapter_store import AdapterStore
-from common.events import EventType, FeedbackEvent, window_fingerprint
+from common.events import WINDOW_SEP, EventType, FeedbackEvent, joined_fingerprint
 from learner.metrics import LearnerMetrics
 from learner.trainer import EXPLICIT, IMPLICIT, ITEM_ROWS, Example, OnlineTrainer, StepStats
 from models.adapter import placed_rows
@@ -42,6 +43,35 @@ class GuardConfig:
     holdout_every: int  # one event in N (by event id hash) is held out, never trained on; 0: no guardrail
     holdout_size: int  # each check scores these against the full catalogue (`Held`)
     margin: float  # refuse an update whose hold-out loss is worse by more than this fraction
+
+
+class _Joined:
+    """A user's history window as `window_fingerprint` reads it (external ids joined), moved along item
+    by item: fingerprinting a batch's events then costs a hash each, not a join of a whole window."""
+
+    def __init__(self, ids: list[str], size: int) -> None:
+        self.text, self.n, self.size = WINDOW_SEP.join(ids), len(ids), size
+
+    def push(self, item_id: str) -> None:
+        self.text = f"{self.text}{WINDOW_SEP}{item_id}" if self.n else item_id
+        self.n += 1
+        if self.n > self.size:
+            self.text = self.text[self.text.index(WINDOW_SEP) + 1 :]
+            self.n -= 1
+
+    def fingerprint(self) -> str:
+        return joined_fingerprint(self.text)
+
+
+class Prepared(NamedTuple):
+    """A micro-batch turned into examples, before anything is learnt from it."""
+
+    train: list[Example]
+    held: list[Example]  # the guardrail's, never trained on
+    grown: dict[str, list[int]]  # the batch's users' histories as they will be once it is committed
+    unknown: int  # events on items the learner does not know
+    positives: list[int]  # the known items' positive events and their times: what popularity counts
+    times: list[float]
 
 
 @dataclass(frozen=True)
@@ -101,14 +131,8 @@ class Learner:
         """All or nothing: if the publish fails, the trainer and the histories are as before and the
         caller retries the same events (Kafka offsets are committed only after this returns)."""
         t = time.perf_counter()
-        seen = await self.store.applied([e.event_id for e in events])
-        fresh, dupes, ids = [], 0, set()
-        for e, done in zip(events, seen, strict=True):
-            if done or e.event_id in ids:
-                dupes += 1
-            else:
-                fresh.append(e)
-                ids.add(e.event_id)
+        fresh = await self._fresh(events)
+        dupes = len(events) - len(fresh)
         self.metrics.duplicates.inc(dupes)
         outcome = Outcome(0, dupes, 0, None)
         if not self.item_index.keys() >= {e.item_id for e in fresh}:
@@ -117,6 +141,19 @@ class Learner:
             outcome = await self._update(fresh, dupes)
         self.metrics.batch_seconds.observe(time.perf_counter() - t)
         return outcome
+
+    async def _fresh(self, events: Sequence[FeedbackEvent]) -> list[FeedbackEvent]:
+        """The events not applied before, each id once."""
+        ids = [e.event_id for e in events]
+        seen = await self.store.applied(ids)
+        if not any(seen) and len(set(ids)) == len(ids):  # the usual batch: no copying event by event
+            return list(events)
+        fresh, kept = [], set()
+        for e, done in zip(events, seen, strict=True):
+            if not done and e.event_id not in kept:
+                fresh.append(e)
+                kept.add(e.event_id)
+        return fresh
 
     async def catch_up_items(self) -> int:
         """Learn of the items appended to the item log since the last read; returns how many."""
@@ -172,53 +209,58 @@ class Learner:
             out[user] = [self.item_index[i] for i, ts in entries if ts < t and i in self.item_index]
         return out
 
-    def _examples(
-        self, events: Sequence[FeedbackEvent], before: Mapping[str, Sequence[int]]
-    ) -> tuple[list[Example], list[Example], dict[str, list[int]], int]:
-        """Training and held-out examples, each against the user's history just before its event, and
-        the histories as they will be once the batch is committed (nothing here changes the learner)."""
-        train: list[Example] = []
-        held: list[Example] = []
-        grown: dict[str, list[int]] = {}
+    def _examples(self, events: Sequence[FeedbackEvent], before: Mapping[str, Sequence[int]]) -> Prepared:
+        """The batch as examples, each against the user's history just before its event (nothing here
+        changes the learner)."""
+        out = Prepared([], [], {}, 0, [], [])
         unknown = 0
         window = self.trainer.users.model.window  # all of a history the user model reads
+        joined: dict[str, _Joined] = {}  # the windows of users whose events carry a served vector
         for e in events:
             item = self.item_index.get(e.item_id)
             if item is None:
                 unknown += 1
                 continue
-            history = grown.get(e.user_id)
+            history = out.grown.get(e.user_id)
             if history is None:  # not setdefault: it would copy the history at every event
-                history = grown[e.user_id] = list(before.get(e.user_id, ()))
+                history = out.grown[e.user_id] = list(before.get(e.user_id, ()))
             if history:  # the user model needs a history to read; a first event only starts one
                 recent = history[-window:]
-                ex = example_of(e, recent, item, self._served(e, recent))
-                (held if _held_out(e.event_id, self.guard.holdout_every) else train).append(ex)
+                ex = example_of(e, recent, item, self._served(e, recent, joined))
+                (out.held if _held_out(e.event_id, self.guard.holdout_every) else out.train).append(ex)
             if e.is_positive:
                 history.append(item)
                 del history[: -self.history_cap]
-        return train, held, grown, unknown
+                if e.user_id in joined:
+                    joined[e.user_id].push(e.item_id)
+                out.positives.append(item)
+                out.times.append(e.timestamp or time.time())
+        return out._replace(unknown=unknown)
 
-    def _served(self, e: FeedbackEvent, window: Sequence[int]) -> np.ndarray | None:
+    def _served(self, e: FeedbackEvent, window: Sequence[int], joined: dict[str, _Joined]) -> np.ndarray | None:
         """The user vector the service logged with the event, if it read exactly `window` under this
-        learner's model (else the learner encodes the user itself)."""
+        learner's model (else the learner encodes the user itself). `joined`: the batch's users'
+        windows as the fingerprint reads them, kept up to date by the caller."""
         s = e.served
         if s is None or s.model != self.base_model:
             return None
-        if s.window != window_fingerprint(list(map(self.item_ids.__getitem__, window))):
+        if e.user_id not in joined:
+            size = min(self.history_cap, self.trainer.users.model.window)
+            joined[e.user_id] = _Joined([self.item_ids[i] for i in window], size)
+        if s.window != joined[e.user_id].fingerprint():
             return None
         vector = s.array()
         return vector if len(vector) == self.dim else None
 
     async def _update(self, events: Sequence[FeedbackEvent], dupes: int) -> Outcome:
-        train, held, grown, unknown = self._examples(events, await self._histories_before(events))
+        batch = self._examples(events, await self._histories_before(events))
         snap = self.trainer.snapshot()
-        encoded = await anyio.to_thread.run_sync(self._encoded, held)
+        encoded = await anyio.to_thread.run_sync(self._encoded, batch.held)
         entries = [*self.holdout, *encoded][-self.guard.holdout_size :]  # join the learner on commit
         try:
-            for stats in await anyio.to_thread.run_sync(self._steps, train):
+            for stats in await anyio.to_thread.run_sync(self._steps, batch.train):
                 self._record(stats)
-            self.trainer.observe(*_positives(events, self.item_index))
+            self.trainer.observe(np.array(batch.positives, np.int64), np.array(batch.times, np.float64))
             ids = [e.event_id for e in events]
             passes, scored = await anyio.to_thread.run_sync(self._guard, entries)
             if passes:
@@ -234,13 +276,13 @@ class Learner:
             self.metrics.publish_errors.inc()
             raise
         if self.history_store is None:
-            self.histories.update(grown)
+            self.histories.update(batch.grown)
         self.holdout = deque(scored, maxlen=self.holdout.maxlen)
         self.events_seen += len(events)
         for kind, n in Counter(e.type.value for e in events).items():
             self.metrics.events.labels(kind).inc(n)
-        self.metrics.unknown.inc(unknown)
-        return Outcome(0 if rejected else len(events) - unknown, dupes, unknown, version, rejected)
+        self.metrics.unknown.inc(batch.unknown)
+        return Outcome(0 if rejected else len(events) - batch.unknown, dupes, batch.unknown, version, rejected)
 
     def _steps(self, train: list[Example]) -> list[StepStats]:
         n = self.trainer.config.step_size
@@ -308,11 +350,5 @@ class Held:
     published: float | None = None
 
 
-def _positives(events: Sequence[FeedbackEvent], index: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Items and timestamps of the known items' positive events (what popularity counts)."""
-    pairs = [(index[e.item_id], e.timestamp or time.time()) for e in events if e.is_positive and e.item_id in index]
-    return np.array([i for i, _ in pairs], np.int64), np.array([t for _, t in pairs], np.float64)
-
-
 def _held_out(event_id: str, every: int) -> bool:
-    return every > 0 and int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=4).digest()) % every == 0
+    return every > 0 and zlib.crc32(event_id.encode()) % every == 0

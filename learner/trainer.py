@@ -141,6 +141,21 @@ def _signal_loss(batch: Sequence[Example], lp: torch.Tensor) -> torch.Tensor:
     return pos * -lp + neg * -torch.log1p(-lp.exp().clamp(max=1 - 1e-6))
 
 
+_MINUS_INF = torch.tensor(-math.inf)
+
+
+def _clashes(col: torch.Tensor, rows: int, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a sampled softmax's row meets its own target again, as another row's target or as a
+    negative (accidental hits, masked out): (row, column) indices. `col`: each candidate's unique item,
+    the first `rows` candidates being the rows' targets; `counts`: how often each unique item occurs.
+    Only the rows whose target occurs more than once are compared, a few in a hundred."""
+    shared = (counts.index_select(0, col[:rows]) > 1).nonzero().squeeze(1)
+    r, c = (col.unsqueeze(0) == col.index_select(0, shared).unsqueeze(1)).nonzero(as_tuple=True)
+    r = shared.index_select(0, r)
+    other = r != c
+    return r[other], c[other]
+
+
 def _importance(g: torch.Tensor, tau: float, rows: bool) -> torch.Tensor:
     """Eq. 29-30's selection mask: entries (or, with `rows`, whole rows by their norm) whose gradient is
     at least tau times the largest."""
@@ -234,16 +249,16 @@ class OnlineTrainer:
             lp, norm = logp[rows, idx], math.log(N)
         else:
             cand = torch.cat([idx, torch.randint(N, (K,))])  # (B + K,): every target is everyone's candidate
-            ids, col = torch.unique(cand, return_inverse=True)
+            ids, col, counts = torch.unique(cand, return_inverse=True, return_counts=True)
             # index_select: row gathers several times faster than advanced indexing on the CPU
             rows_delta = (a.item_delta.detach() if leaf else a.item_delta).index_select(0, ids)
             covered = _Rows(ids, rows_delta.requires_grad_() if leaf else rows_delta)
             v = self.items.index_select(0, cand) + covered.delta.index_select(0, col)
-            logits = u @ v.T + a.item_bias[cand] + self.gamma * a.log_pop[cand]  # (B, B + K)
+            offset = self.gamma * a.log_pop.index_select(0, cand)
             # uniform sampling: a negative stands for N / K items (logQ); targets enter once, exactly
-            logits = logits + torch.cat([torch.zeros(len(batch)), torch.full((K,), math.log(N / K))])
-            clash = (cand.unsqueeze(0) == idx.unsqueeze(1)) & ~torch.eye(len(batch), len(cand), dtype=torch.bool)
-            logp = torch.log_softmax(logits.masked_fill(clash, -torch.inf), dim=1)
+            offset[len(batch) :] += math.log(N / K)
+            logits = torch.addmm(a.item_bias.index_select(0, cand) + offset, u, v.T)  # (B, B + K)
+            logp = torch.log_softmax(logits.index_put_(_clashes(col, len(batch), counts), _MINUS_INF), dim=1)
             lp, norm = logp[rows, rows], math.log(len(cand))  # entropy can reach log(candidates) at most
         per = _signal_loss(batch, lp)
         p = logp.detach().exp()

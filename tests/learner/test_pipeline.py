@@ -13,11 +13,11 @@ import torch
 
 from common.adapter import decode
 from common.adapter_store import MemoryAdapterStore
-from common.events import FeedbackEvent, ServedUser
+from common.events import FeedbackEvent, ServedUser, window_fingerprint
 from common.settings import AdapterSettings
 from learner.build import build_learner
 from learner.metrics import LearnerMetrics
-from learner.pipeline import Learner, _held_out
+from learner.pipeline import Learner, _held_out, _Joined
 from learner.settings import GuardSettings, OnlineSettings
 from tests.conftest import SmallTrained
 
@@ -118,7 +118,7 @@ async def test_with_the_services_history_store_the_learner_trains_on_the_histori
     learner.history_store = history
     before = await learner._histories_before(events)
     assert [small_trained.data.item_ids[i] for i in before["newcomer"]] == ["m1", "m3", "m5"]
-    train, _, _, _ = learner._examples(events, before)
+    train = learner._examples(events, before).train
     assert [list(e.history) for e in train] == [list(before["newcomer"]), [*before["newcomer"], 20]]
     assert (await learner.process(events)).version == 1
     assert "newcomer" not in learner.histories  # nothing kept in the learner itself
@@ -202,3 +202,13 @@ async def test_the_learner_trains_on_the_user_vector_the_service_served_when_it_
     assert counted.encoded == (0 if served == "fits" else len(events))
     for k, v in reference.published_state.items():
         np.testing.assert_allclose(learner.published_state[k], v, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_a_window_moved_item_by_item_fingerprints_as_the_window_itself() -> None:
+    """The learner's running window (`_Joined`) against `window_fingerprint` of the last `size` ids,
+    from empty, through the size limit, and on."""
+    ids = [f"item {i}" for i in range(12)]
+    running = _Joined([], 5)
+    for n, x in enumerate(ids, 1):
+        running.push(x)
+        assert running.fingerprint() == window_fingerprint(ids[max(0, n - 5) : n])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from learner.settings import OnlineSettings
-from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineTrainer, _clipped
+from learner.trainer import EXPLICIT, IMPLICIT, Example, OnlineTrainer, _clashes, _clipped
 from models.adapter import ServingAdapter
 from tests.conftest import SmallTrained
 
@@ -155,3 +155,18 @@ def test_gradients_are_bounded_as_a_whole_for_the_adapter_and_row_by_row_for_the
     assert float(dense.norm()) == pytest.approx(1.0)
     assert out["item_delta"].norm(dim=1).tolist() == pytest.approx([1.0, 0.5, 0.0])  # small rows untouched
     assert _clipped(grads, 0.0) is grads
+
+
+def test_a_sampled_softmax_masks_exactly_the_accidental_hits() -> None:
+    """Every place a row's own target comes back (another row's target, a negative), and nowhere else:
+    the same mask as comparing every row's target with every candidate."""
+    g = torch.Generator().manual_seed(0)
+    rows = 64
+    cand = torch.cat([torch.randint(40, (rows,), generator=g), torch.randint(40, (200,), generator=g)])
+    _, col, counts = torch.unique(cand, return_inverse=True, return_counts=True)
+    dense = cand.unsqueeze(0) == cand[:rows].unsqueeze(1)
+    dense.fill_diagonal_(False)
+    sparse = torch.zeros_like(dense)
+    sparse[_clashes(col, rows, counts)] = True
+    assert dense.any()  # the draw has accidental hits to find
+    assert torch.equal(sparse, dense)
