@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
+import anyio
 import structlog
 
 from common.events import FeedbackEvent
@@ -174,13 +175,16 @@ class PeriodicFineTune:
         self.settings, self.config, self.log_path, self.landed = settings, config, log_path, landed
         self.metrics, self.status, self.busy = metrics, status, busy
         self.pending = PendingFeedback(folder)
+        # the pending file's writes (fsynced) run off the event loop, one at a time and in call order
+        self._writes = anyio.CapacityLimiter(1)
         self.due = asyncio.Event()
         self.done = 0  # fine-tunes landed by this process
         self._last = -float("inf")
         self._check_due()
 
     async def record(self, events: Sequence[FeedbackEvent]) -> None:
-        self.pending.append([e for e in events if e.is_positive])
+        positives = [e for e in events if e.is_positive]
+        await anyio.to_thread.run_sync(self.pending.append, positives, limiter=self._writes)
         self._check_due()
 
     def _check_due(self) -> None:
@@ -209,7 +213,7 @@ class PeriodicFineTune:
         when a child fails. The served model keeps serving throughout."""
         s, c, started = self.settings, self.config, time.monotonic()
         old = checkpoint_version(s.model_dir)
-        taken = self.pending.take(old)
+        taken = await anyio.to_thread.run_sync(self.pending.take, old, limiter=self._writes)
         staging = s.model_dir.with_name(s.model_dir.name + ".partial")
         llm4rec, cache = [sys.executable, "-m", "llm4rec"], ["--cache-dir", str(s.cache_dir)]
         env = {"OMP_NUM_THREADS": str(c.threads), "MKL_NUM_THREADS": str(c.threads)}
@@ -226,7 +230,7 @@ class PeriodicFineTune:
                 self.status(what)
                 await run_child(what, self.log_path, [*llm4rec, *args, *cache], env)
         except BuildFailedError as e:
-            self.pending.give_back(taken)
+            await anyio.to_thread.run_sync(self.pending.give_back, taken, limiter=self._writes)
             log.error("fine_tune_failed", error=str(e), log=str(self.log_path))
             return False
         finally:
