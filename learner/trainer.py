@@ -148,7 +148,8 @@ def _clashes(col: torch.Tensor, rows: int, counts: torch.Tensor) -> tuple[torch.
     """Where a sampled softmax's row meets its own target again, as another row's target or as a
     negative (accidental hits, masked out): (row, column) indices. `col`: each candidate's unique item,
     the first `rows` candidates being the rows' targets; `counts`: how often each unique item occurs.
-    Only the rows whose target occurs more than once are compared, a few in a hundred."""
+    Only the rows whose target occurs more than once are compared: where the catalogue is large enough to
+    sample from, a small share."""
     shared = (counts.index_select(0, col[:rows]) > 1).nonzero().squeeze(1)
     r, c = (col.unsqueeze(0) == col.index_select(0, shared).unsqueeze(1)).nonzero(as_tuple=True)
     r = shared.index_select(0, r)
